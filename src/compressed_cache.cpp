@@ -2,12 +2,25 @@
 
 #include <Eigen/Core>
 #include <algorithm>
+#include <cmath>
 
 #include "xkv/error.hpp"
 
 namespace xkv {
 
 namespace {
+
+// Rejects NaN/Inf before anything is stored, naming the stream, token, head and dimension.
+template <class T>
+void check_finite(const KVView<T>& v, const char* what) {
+  for (std::int64_t t = 0; t < v.tokens; ++t)
+    for (int h = 0; h < v.heads; ++h)
+      for (int i = 0; i < v.head_dim; ++i) {
+        const float value = static_cast<float>(v(t, h, i));
+        XKV_REQUIRE(std::isfinite(value), what << " contain a non-finite value (" << value << ") at token " << t
+                                               << ", head " << h << ", dim " << i);
+      }
+}
 
 template <class T>
 void copy_token_major(const KVView<T>& v, std::vector<T>& dst) {
@@ -76,6 +89,8 @@ CompressedCache<T> CompressedCache<T>::build(const ModelShape& shape, const Cach
   for (int l = 0; l < shape.num_layers; ++l) {
     LayerState& state = cache.layers_[l];
     if (state.location.group >= 0) continue;
+    check_finite(keys[l], "keys of an uncompressed layer");
+    if (cache.has_values_) check_finite(values[l], "values of an uncompressed layer");
     copy_token_major(keys[l], state.prefix_keys);
     if (cache.has_values_) copy_token_major(values[l], state.prefix_values);
   }
@@ -102,6 +117,8 @@ void CompressedCache<T>::append(int layer, const KVView<T>& keys, const KVView<T
                                       << shape_.num_kv_heads << " x " << shape_.value_dim() << "]");
   XKV_REQUIRE(keys.tokens == values.tokens,
               "appended keys have " << keys.tokens << " tokens but values have " << values.tokens);
+  check_finite(keys, "appended keys");
+  check_finite(values, "appended values");
   LayerState& state = layers_[layer];
   copy_token_major(keys, state.tail_keys);
   copy_token_major(values, state.tail_values);
@@ -116,6 +133,7 @@ void CompressedCache<T>::append(int layer, const KVView<T>& keys) {
   XKV_REQUIRE(keys.heads == shape_.num_kv_heads && keys.head_dim == shape_.head_dim,
               "appended keys are [" << keys.heads << " x " << keys.head_dim << "], model expects ["
                                     << shape_.num_kv_heads << " x " << shape_.head_dim << "]");
+  check_finite(keys, "appended keys");
   LayerState& state = layers_[layer];
   copy_token_major(keys, state.tail_keys);
   state.tail_tokens += keys.tokens;

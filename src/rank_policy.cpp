@@ -56,12 +56,17 @@ GroupRanks ranks_for_shape(const RankPolicy& policy, const GroupShape& shape) {
       const double per_key_rank =
           double(n + g * shape.key_width) + v_per_k * double(n + g * shape.value_width);
       const double rk = budget / per_key_rank;
-      const auto key_rank = static_cast<std::int64_t>(std::floor(rk));
-      const auto value_rank = static_cast<std::int64_t>(std::floor(rk * v_per_k));
-      XKV_REQUIRE(key_rank >= 1 && (shape.value_width == 0 || value_rank >= 1),
+      // Round down, but keep at least one direction per stream when that still fits the budget.
+      const auto key_rank = std::max<std::int64_t>(1, static_cast<std::int64_t>(std::floor(rk)));
+      const auto value_rank =
+          shape.value_width == 0 ? 0 : std::max<std::int64_t>(1, static_cast<std::int64_t>(std::floor(rk * v_per_k)));
+      const double stored = double(key_rank) * double(n + g * shape.key_width) +
+                            double(value_rank) * double(n + g * shape.value_width);
+      XKV_REQUIRE(stored <= budget * (1.0 + 1e-12),
                   "target compression ratio " << policy.target_ratio << " is unattainable for n=" << n << ", G=" << g
                                               << ", key width " << shape.key_width << ", value width "
-                                              << shape.value_width << " (it would need key rank " << rk << ")");
+                                              << shape.value_width << " (even ranks " << key_rank << "/" << value_rank
+                                              << " reach only " << raw / stored << "x)");
       r.key_rank = static_cast<int>(std::min(key_rank, max_key));
       r.value_rank = static_cast<int>(std::min(value_rank, max_value));
       return r;
