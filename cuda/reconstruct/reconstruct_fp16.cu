@@ -1,0 +1,10 @@
+// fp16 instantiations of the fused reconstruct+RoPE kernels (head_dim x RoPE mode x cos/sin source).
+#include "xkv/cuda/reconstruct_kernels.cuh"
+
+namespace xkv::cuda::detail {
+
+void launch_reconstruct_fp16(const ReconstructArgs& args, RopeMode mode, bool table, cudaStream_t stream) {
+  dispatch_reconstruct<__half>(args, mode, table, stream);
+}
+
+}  // namespace xkv::cuda::detail
