@@ -1,0 +1,321 @@
+// Host side of xkv::cuda::Compressor: argument checks, planning, workspace sizing, dispatch.
+#include <algorithm>
+#include <climits>
+#include <cstring>
+
+#include "svd_plan.hpp"
+#include "xkv/cuda/device.hpp"
+
+namespace xkv::cuda {
+
+void GpuCompressorOptions::validate() const {
+  XKV_REQUIRE(oversampling >= 0, "GpuCompressorOptions.oversampling must be >= 0, got " << oversampling);
+  // Each power iteration records one Cholesky status word; kInfoSlots bounds them.
+  XKV_REQUIRE(power_iterations >= 0 && power_iterations <= detail::kMaxPowerIterations,
+              "GpuCompressorOptions.power_iterations must be in [0, " << detail::kMaxPowerIterations << "], got "
+                                                                      << power_iterations);
+  XKV_REQUIRE(staging_fraction > 0 && staging_fraction <= 1,
+              "GpuCompressorOptions.staging_fraction must be in (0, 1], got " << staging_fraction);
+}
+
+namespace detail {
+
+CompressorState::CompressorState() {
+  try {
+    XKV_CUDA_CHECK(cublasCreate(&blas));
+    XKV_CUDA_CHECK(cusolverDnCreate(&solver));
+    XKV_CUDA_CHECK(cusolverDnSetDeterministicMode(solver, CUSOLVER_DETERMINISTIC_RESULTS));
+    XKV_CUDA_CHECK(cusolverDnCreateParams(&params));
+    XKV_CUDA_CHECK(cusolverDnCreateSyevjInfo(&syevj));
+    XKV_CUDA_CHECK(cudaMallocHost(reinterpret_cast<void**>(&pinned_info), kInfoSlots * sizeof(int)));
+    std::memset(pinned_info, 0, kInfoSlots * sizeof(int));
+  } catch (...) {
+    release();
+    throw;
+  }
+}
+
+CompressorState::~CompressorState() { release(); }
+
+void CompressorState::release() noexcept {
+  if (pinned_info) (void)cudaFreeHost(pinned_info);
+  if (syevj) (void)cusolverDnDestroySyevjInfo(syevj);
+  if (params) (void)cusolverDnDestroyParams(params);
+  if (solver) (void)cusolverDnDestroy(solver);
+  if (blas) (void)cublasDestroy(blas);
+  pinned_info = nullptr;
+  syevj = nullptr;
+  params = nullptr;
+  solver = nullptr;
+  blas = nullptr;
+}
+
+namespace {
+
+class Arena {
+ public:
+  std::size_t take(std::size_t bytes) {
+    offset_ = (offset_ + 255) / 256 * 256;
+    const std::size_t at = offset_;
+    offset_ += bytes;
+    return at;
+  }
+  [[nodiscard]] std::size_t size() const { return (offset_ + 255) / 256 * 256; }
+
+ private:
+  std::size_t offset_ = 0;
+};
+
+template <class T>
+bool aligned_for_vectors(std::span<const KVView<T>> layers) {
+  constexpr std::int64_t vec = 16 / sizeof(T);
+  for (const auto& v : layers) {
+    if (reinterpret_cast<std::uintptr_t>(v.data) % 16 != 0) return false;
+    if (v.head_dim % vec != 0 || v.token_stride % vec != 0 || v.head_stride % vec != 0) return false;
+  }
+  return true;
+}
+
+std::int64_t round_down(std::int64_t v, std::int64_t multiple) { return std::max(multiple, v / multiple * multiple); }
+
+template <class T>
+Plan make_plan(CompressorState& st, const GpuCompressorOptions& opt, const SvdArguments<T>& args, GpuSvdMethod method) {
+  Plan p;
+  const auto& first = args.layers[0];
+  p.n = first.tokens;
+  p.layers = int(args.layers.size());
+  p.width = first.width();
+  p.d = std::int64_t(p.layers) * p.width;
+  p.m = std::min(p.n, p.d);
+  p.cols_side = p.d <= p.n;
+  p.method = method;
+  p.rank = args.rank;
+  p.rank_capacity = args.rank_capacity > 0 ? args.rank_capacity : args.rank;
+  p.power_iterations = opt.power_iterations;
+  p.vector_loads = aligned_for_vectors(args.layers);
+
+  const std::size_t st_bytes = sizeof(T);
+  const double input_bytes = double(p.n) * double(p.d) * double(st_bytes);
+  const double budget = std::max(opt.staging_fraction * input_bytes, double(4 << 20));
+  p.chunk_rows = std::clamp<std::int64_t>(std::int64_t(budget / double(p.d * st_bytes)), std::min<std::int64_t>(p.n, 256), p.n);
+  if (p.chunk_rows < p.n) p.chunk_rows = round_down(p.chunk_rows, 64);
+  p.panel_cols = std::clamp<std::int64_t>(std::int64_t(budget / double(p.n * st_bytes)), std::min(p.width, 8), p.width);
+  if (p.panel_cols < p.width) p.panel_cols = round_down(p.panel_cols, 8);
+
+  Arena arena;
+  std::size_t dev = 0, host = 0;
+  if (method == GpuSvdMethod::Randomized) {
+    const std::int64_t d = p.d, r = p.rank;
+    const int k = int(std::min<std::int64_t>(std::int64_t(p.rank) + opt.oversampling, p.m));
+    p.k = k;
+    const std::int64_t chunks = (p.n + p.chunk_rows - 1) / p.chunk_rows;
+    std::size_t pd = 0, ph = 0;
+    XKV_CUDA_CHECK(cusolverDnXpotrf_bufferSize(st.solver, st.params, CUBLAS_FILL_MODE_UPPER, k, CUDA_R_64F, nullptr, k,
+                                               CUDA_R_64F, &pd, &ph));
+    dev = pd;
+    host = ph;
+    switch (opt.ritz_solver) {
+      case RitzSolver::Syevj: {
+        int lwork = 0;
+        XKV_CUDA_CHECK(cusolverDnDsyevj_bufferSize(st.solver, CUSOLVER_EIG_MODE_VECTOR, CUBLAS_FILL_MODE_UPPER, k,
+                                                   nullptr, k, nullptr, &lwork, st.syevj));
+        dev = std::max(dev, std::size_t(lwork) * sizeof(double));
+        break;
+      }
+      case RitzSolver::SyevjFloat: {
+        int lwork = 0;
+        XKV_CUDA_CHECK(cusolverDnSsyevj_bufferSize(st.solver, CUSOLVER_EIG_MODE_VECTOR, CUBLAS_FILL_MODE_UPPER, k,
+                                                   nullptr, k, nullptr, &lwork, st.syevj));
+        dev = std::max(dev, std::size_t(lwork) * sizeof(float));
+        break;
+      }
+      case RitzSolver::Syevd:
+      case RitzSolver::SyevdFloat: {
+        const cudaDataType t = opt.ritz_solver == RitzSolver::Syevd ? CUDA_R_64F : CUDA_R_32F;
+        XKV_CUDA_CHECK(cusolverDnXsyevd_bufferSize(st.solver, st.params, CUSOLVER_EIG_MODE_VECTOR,
+                                                   CUBLAS_FILL_MODE_UPPER, k, t, nullptr, k, t, nullptr, t, &pd, &ph));
+        dev = std::max(dev, pd);
+        host = std::max(host, ph);
+        break;
+      }
+    }
+    p.off_stage = arena.take(std::size_t(p.chunk_rows * d) * st_bytes);
+    p.off_yc = arena.take(std::size_t(p.chunk_rows) * k * st_bytes);
+    p.off_z = arena.take(std::size_t(d) * k * sizeof(float));
+    p.off_zd = arena.take(std::size_t(d) * k * sizeof(double));
+    p.off_vd = arena.take(std::size_t(d) * k * sizeof(double));
+    p.off_v = arena.take(std::size_t(d) * k * st_bytes);
+    p.off_vrt = arena.take(std::size_t(d * r) * st_bytes);
+    p.off_g = arena.take(std::size_t(k) * k * sizeof(double));
+    p.off_wsc = arena.take(std::size_t(k * r) * sizeof(double));
+    p.off_eigenvalues = arena.take(std::size_t(k) * sizeof(double));
+    p.off_scale = arena.take(std::size_t(r) * sizeof(double));
+    p.off_g32 = arena.take(std::size_t(k) * k * sizeof(float));
+    p.off_mu32 = arena.take(std::size_t(k) * sizeof(float));
+    p.off_partials = arena.take(std::size_t(chunks) * kSumBlocks * sizeof(double));
+  } else {
+    std::size_t pd = 0, ph = 0;
+    XKV_CUDA_CHECK(cusolverDnXsyevd_bufferSize(st.solver, st.params, CUSOLVER_EIG_MODE_VECTOR, CUBLAS_FILL_MODE_UPPER, p.m,
+                                               CUDA_R_32F, nullptr, p.m, CUDA_R_32F, nullptr, CUDA_R_32F, &pd, &ph));
+    dev = pd;
+    host = ph;
+    p.off_s = arena.take(std::size_t(p.m * p.m) * sizeof(float));
+    const std::int64_t stage = p.cols_side ? p.chunk_rows * p.d : p.n * p.panel_cols;
+    p.off_stage = arena.take(std::size_t(stage) * st_bytes);
+    p.off_eigenvalues = arena.take(std::size_t(p.m) * sizeof(float));
+    p.off_vrt = arena.take(std::size_t(p.m) * std::size_t(std::max(p.rank_capacity, p.rank)) * st_bytes);
+  }
+  p.off_energies = arena.take(2 * sizeof(double));
+  p.off_info = arena.take(kInfoSlots * sizeof(int));
+  p.solver_bytes = std::max<std::size_t>(dev, 256);
+  p.off_solver = arena.take(p.solver_bytes);
+  p.total_bytes = arena.size();
+  if (st.host_workspace.size() < host) st.host_workspace.resize(host);
+  return p;
+}
+
+}  // namespace
+}  // namespace detail
+
+template <class T>
+Compressor<T>::Compressor(GpuCompressorOptions options) : options_(options) {
+  options_.validate();
+  state_ = std::make_unique<detail::CompressorState>();
+  state_->seed = options_.seed;
+  state_->ritz_solver = options_.ritz_solver;
+}
+
+template <class T>
+Compressor<T>::~Compressor() = default;
+template <class T>
+Compressor<T>::Compressor(Compressor&&) noexcept = default;
+template <class T>
+Compressor<T>& Compressor<T>::operator=(Compressor&&) noexcept = default;
+
+template <class T>
+void Compressor<T>::validate(const SvdArguments<T>& args) const {
+  const std::size_t g = args.layers.size();
+  XKV_REQUIRE(g >= 1 && g <= std::size_t(detail::kMaxGroupLayers),
+              "SvdArguments.layers: a group needs 1.." << detail::kMaxGroupLayers << " layers, got " << g);
+  const auto& first = args.layers[0];
+  for (std::size_t l = 0; l < g; ++l) {
+    const auto& v = args.layers[l];
+    const std::string what = "SvdArguments.layers[" + std::to_string(l) + "]";
+    v.validate(what.c_str());
+    XKV_REQUIRE(v.data != nullptr, what << ": null device pointer");
+    XKV_REQUIRE(v.tokens == first.tokens && v.heads == first.heads && v.head_dim == first.head_dim,
+                what << " has shape [" << v.tokens << ", " << v.heads << ", " << v.head_dim << "] but layers[0] has ["
+                     << first.tokens << ", " << first.heads << ", " << first.head_dim << "]");
+  }
+  XKV_REQUIRE(first.tokens > 0, "SvdArguments.layers: zero tokens");
+  const std::int64_t d = std::int64_t(g) * first.width();
+  const std::int64_t m = std::min<std::int64_t>(first.tokens, d);
+  XKV_REQUIRE(first.tokens <= INT_MAX && d <= INT_MAX,
+              "SvdArguments.layers: n=" << first.tokens << " and D=" << d << " must fit in int for cuBLAS");
+  XKV_REQUIRE(args.rank >= 0 && args.rank <= m,
+              "SvdArguments.rank must be in [1, min(n, D)] = [1, " << m << "] (or 0 for an energy rank), got " << args.rank);
+  if (args.rank == 0) {
+    XKV_REQUIRE(args.energy_fraction > 0 && args.energy_fraction <= 1,
+                "SvdArguments.energy_fraction must be in (0, 1] when rank == 0, got " << args.energy_fraction);
+    XKV_REQUIRE(args.rank_capacity >= 1,
+                "SvdArguments.rank_capacity must be >= 1 when rank == 0, got " << args.rank_capacity);
+  }
+  XKV_REQUIRE(args.rank_capacity == 0 || args.rank_capacity >= args.rank,
+              "SvdArguments.rank_capacity=" << args.rank_capacity << " is below rank=" << args.rank);
+  XKV_REQUIRE(args.a != nullptr, "SvdArguments.a: null device pointer");
+  XKV_REQUIRE(args.b != nullptr, "SvdArguments.b: null device pointer");
+  if (method_for(args) == GpuSvdMethod::Exact)
+    XKV_REQUIRE(double(m) * double(m) * 4.0 < 0.9 * double(SIZE_MAX),
+                "SvdArguments: the exact method's " << m << "x" << m << " Gram matrix does not fit in memory");
+}
+
+template <class T>
+GpuSvdMethod Compressor<T>::method_for(const SvdArguments<T>& args) const {
+  return args.rank == 0 ? GpuSvdMethod::Exact : options_.method;
+}
+
+template <class T>
+std::size_t Compressor<T>::workspace_bytes(const SvdArguments<T>& args) const {
+  validate(args);
+  return detail::make_plan(*state_, options_, args, method_for(args)).total_bytes;
+}
+
+template <class T>
+SvdRun Compressor<T>::run(const SvdArguments<T>& args, void* workspace, std::size_t workspace_size, cudaStream_t stream) {
+  validate(args);
+  const GpuSvdMethod method = method_for(args);
+  const detail::Plan plan = detail::make_plan(*state_, options_, args, method);
+  XKV_REQUIRE(workspace != nullptr && workspace_size >= plan.total_bytes,
+              "Compressor::run: workspace of " << workspace_size << " bytes at " << workspace << ", needs "
+                                               << plan.total_bytes << " bytes");
+  auto& st = *state_;
+  XKV_CUDA_CHECK(cublasSetStream(st.blas, stream));
+  XKV_CUDA_CHECK(cusolverDnSetStream(st.solver, stream));
+  const detail::Workspace ws{static_cast<char*>(workspace)};
+  int* info = ws.get<int>(plan.off_info);
+  XKV_CUDA_CHECK(cudaMemsetAsync(info, 0, detail::kInfoSlots * sizeof(int), stream));
+  XKV_CUDA_CHECK(cudaMemsetAsync(ws.get<double>(plan.off_energies), 0, 2 * sizeof(double), stream));
+  SvdRun result{args.rank, method};
+  if (method == GpuSvdMethod::Randomized) detail::run_randomized<T>(st, plan, args, ws, stream);
+  else result.rank = detail::run_exact<T>(st, plan, args, ws, stream);
+  XKV_CUDA_CHECK(cudaMemcpyAsync(st.pinned_info, info, detail::kInfoSlots * sizeof(int), cudaMemcpyDeviceToHost, stream));
+  return result;
+}
+
+template <class T>
+void Compressor<T>::check(cudaStream_t stream) const {
+  XKV_CUDA_CHECK(cudaStreamSynchronize(stream));
+  XKV_CHECK(state_->pinned_info[detail::kNonFiniteSlot] != detail::kNonFiniteInput, InvalidArgument,
+            "SvdArguments.layers: the input of the last run holds NaN or Inf");
+  for (int i = 0; i < detail::kInfoSlots; ++i) {
+    XKV_CHECK(state_->pinned_info[i] == 0, Numerical,
+              "GPU truncated SVD: a cuSOLVER factorisation (step " << i << ") reported info=" << state_->pinned_info[i]);
+  }
+}
+
+template <class T>
+SvdRun Compressor<T>::compress_stream(const SvdArguments<T>& args, cudaStream_t stream) {
+  DeviceBuffer<char> workspace(workspace_bytes(args));
+  const SvdRun result = run(args, workspace.get(), workspace.bytes(), stream);
+  check(stream);
+  return result;
+}
+
+template <class T>
+GroupRanks Compressor<T>::compress_group(std::span<const KVView<T>> keys, std::span<const KVView<T>> values,
+                                         const RankPolicy& policy, const DeviceFactorOutputs<T>& key_out,
+                                         const DeviceFactorOutputs<T>& value_out, cudaStream_t stream) {
+  policy.validate();
+  XKV_REQUIRE(!keys.empty(), "compress_group: keys must hold at least one layer");
+  XKV_REQUIRE(values.empty() || values.size() == keys.size(),
+              "compress_group: " << values.size() << " value layers for " << keys.size() << " key layers");
+  XKV_REQUIRE(values.empty() || values[0].tokens == keys[0].tokens,
+              "compress_group: values have " << values[0].tokens << " tokens, keys " << keys[0].tokens);
+  GroupRanks ranks;
+  if (policy.kind != RankPolicy::Kind::Energy) {
+    const GroupShape shape{keys[0].tokens, int(keys.size()), keys[0].width(), values.empty() ? 0 : values[0].width()};
+    ranks = ranks_for_shape(policy, shape);
+  }
+  auto one = [&](std::span<const KVView<T>> layers, int rank, const DeviceFactorOutputs<T>& out) {
+    SvdArguments<T> args;
+    args.layers = layers;
+    args.rank = rank;
+    args.energy_fraction = policy.energy_fraction;
+    args.rank_capacity = out.rank_capacity;
+    args.a = out.a;
+    args.b = out.b;
+    args.singular_values = out.singular_values;
+    args.energies = out.energies;
+    return compress_stream(args, stream).rank;
+  };
+  GroupRanks chosen;
+  chosen.key_rank = one(keys, ranks.key_rank, key_out);
+  if (!values.empty()) chosen.value_rank = one(values, ranks.value_rank, value_out);
+  return chosen;
+}
+
+template class Compressor<__nv_bfloat16>;
+template class Compressor<__half>;
+template class Compressor<float>;
+
+}  // namespace xkv::cuda

@@ -1,0 +1,269 @@
+// Small device kernels of the GPU compression path: staging strided layers into contiguous
+// chunks, seeded Gaussian sketches, conversions, and the bookkeeping around cuSOLVER calls.
+// Everything heavy is a cuBLAS GEMM; these kernels are memory-bound glue.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <type_traits>
+
+#include "svd_plan.hpp"
+
+namespace xkv::cuda::detail {
+
+
+/// Base pointers and strides of a group's layers, passed by value to the staging kernel.
+template <class T>
+struct LayerTable {
+  const T* data[kMaxGroupLayers];
+  std::int64_t token_stride[kMaxGroupLayers];
+  std::int64_t head_stride[kMaxGroupLayers];
+  int layers = 0;
+  int heads = 0;
+  int head_dim = 0;
+};
+
+template <class T>
+__device__ __forceinline__ float to_f32(T v) {
+  if constexpr (std::is_same_v<T, float> || std::is_same_v<T, double>) return float(v);
+  else if constexpr (std::is_same_v<T, __half>) return __half2float(v);
+  else return __bfloat162float(v);
+}
+template <class T>
+__device__ __forceinline__ T from_f32(float v) {
+  if constexpr (std::is_same_v<T, float>) return v;
+  else if constexpr (std::is_same_v<T, __half>) return __float2half_rn(v);
+  else return __float2bfloat16_rn(v);
+}
+template <class T>
+__device__ __forceinline__ double to_f64(T v) {
+  if constexpr (std::is_same_v<T, double>) return v;
+  else return double(to_f32(v));
+}
+template <class T>
+__device__ __forceinline__ T from_f64(double v) {
+  if constexpr (std::is_same_v<T, double>) return v;
+  else if constexpr (std::is_same_v<T, float>) return static_cast<float>(v);
+  else if constexpr (std::is_same_v<T, __half>) return __double2half(v);
+  else return __double2bfloat16(v);
+}
+
+/// dst (row-major [rows x cols], contiguous) = X[t0 : t0+rows, c0 : c0+cols], where column c of X
+/// is element (c % head_dim) of head (c / head_dim) % heads of layer c / (heads*head_dim).
+/// VEC elements move per thread; the host picks VEC > 1 only when every address is aligned.
+template <class T, int VEC>
+__global__ void gather_chunk_kernel(LayerTable<T> tab, std::int64_t t0, std::int64_t rows, std::int64_t c0,
+                                    std::int64_t cols, T* __restrict__ dst) {
+  const std::int64_t vec_cols = cols / VEC;
+  const std::int64_t total = rows * vec_cols;
+  const int width = tab.heads * tab.head_dim;
+  for (std::int64_t idx = blockIdx.x * std::int64_t(blockDim.x) + threadIdx.x; idx < total;
+       idx += std::int64_t(gridDim.x) * blockDim.x) {
+    const std::int64_t row = idx / vec_cols;
+    const std::int64_t col = (idx - row * vec_cols) * VEC;
+    const std::int64_t c = c0 + col;
+    const int layer = int(c / width);
+    const int within = int(c - std::int64_t(layer) * width);
+    const int head = within / tab.head_dim;
+    const int i = within - head * tab.head_dim;
+    const T* src = tab.data[layer] + (t0 + row) * tab.token_stride[layer] + head * tab.head_stride[layer] + i;
+    T* out = dst + row * cols + col;
+    if constexpr (VEC * sizeof(T) == 16) {
+      *reinterpret_cast<uint4*>(out) = __ldg(reinterpret_cast<const uint4*>(src));
+    } else {
+      for (int v = 0; v < VEC; ++v) out[v] = src[v];
+    }
+  }
+}
+
+__device__ __forceinline__ std::uint64_t splitmix64(std::uint64_t x) {
+  x += 0x9E3779B97F4A7C15ull;
+  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+  return x ^ (x >> 31);
+}
+
+/// out[i] = N(0, 1) sample that depends only on (seed, i): Box-Muller on a counter-based hash.
+template <class T>
+__global__ void gaussian_kernel(T* __restrict__ out, std::int64_t count, std::uint64_t seed) {
+  for (std::int64_t i = blockIdx.x * std::int64_t(blockDim.x) + threadIdx.x; i < count;
+       i += std::int64_t(gridDim.x) * blockDim.x) {
+    const std::uint64_t h = splitmix64(seed ^ splitmix64(std::uint64_t(i)));
+    const double u1 = (double((h >> 11) & ((1ull << 26) - 1)) + 0.5) / double(1ull << 26);
+    const double u2 = double(h >> 37) / double(1ull << 27);
+    const double g = sqrt(-2.0 * log(u1)) * cospi(2.0 * u2);
+    out[i] = from_f64<T>(g);
+  }
+}
+
+template <class Src, class Dst>
+__global__ void convert_kernel(const Src* __restrict__ in, Dst* __restrict__ out, std::int64_t count) {
+  for (std::int64_t i = blockIdx.x * std::int64_t(blockDim.x) + threadIdx.x; i < count;
+       i += std::int64_t(gridDim.x) * blockDim.x) {
+    if constexpr (std::is_same_v<Dst, double>) out[i] = to_f64(in[i]);
+    else out[i] = from_f64<Dst>(to_f64(in[i]));
+  }
+}
+
+/// Upper triangle of a k x k column-major matrix <- (upper + lower^T) / 2. The lower triangle is
+/// only read, so threads never race.
+__global__ void symmetrize_upper_kernel(double* g, int k) {
+  const int i = blockIdx.y * blockDim.y + threadIdx.y;
+  const int j = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i < j && j < k) g[i + std::int64_t(j) * k] = 0.5 * (g[i + std::int64_t(j) * k] + g[j + std::int64_t(i) * k]);
+}
+
+/// Adds rel * trace(G) (at least floor) to the diagonal, so that Cholesky of a (numerically)
+/// semidefinite Gram matrix succeeds. One block.
+__global__ void shift_diagonal_kernel(double* g, int k, double rel, double floor_shift) {
+  __shared__ double partial[1024];
+  double s = 0;
+  for (int i = threadIdx.x; i < k; i += blockDim.x) s += g[i + std::int64_t(i) * k];
+  partial[threadIdx.x] = s;
+  __syncthreads();
+  for (int w = blockDim.x / 2; w > 0; w /= 2) {
+    if (int(threadIdx.x) < w) partial[threadIdx.x] += partial[threadIdx.x + w];
+    __syncthreads();
+  }
+  const double shift = fmax(rel * partial[0], floor_shift);
+  for (int i = threadIdx.x; i < k; i += blockDim.x) g[i + std::int64_t(i) * k] += shift;
+}
+
+/// Per-block partial sums of squares of count elements into partial[blockIdx.x] (fixed order, so
+/// the total is deterministic). blockDim.x must be 256.
+template <class T>
+__global__ void sum_squares_kernel(const T* __restrict__ x, std::int64_t count, double* __restrict__ partial) {
+  __shared__ double red[256];
+  double s = 0;
+  for (std::int64_t i = blockIdx.x * std::int64_t(blockDim.x) + threadIdx.x; i < count;
+       i += std::int64_t(gridDim.x) * blockDim.x) {
+    const double v = to_f32(x[i]);
+    s += v * v;
+  }
+  red[threadIdx.x] = s;
+  __syncthreads();
+  for (int w = 128; w > 0; w /= 2) {
+    if (int(threadIdx.x) < w) red[threadIdx.x] += red[threadIdx.x + w];
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) partial[blockIdx.x] = red[0];
+}
+
+/// out[0] = sum of partial[0..count) in a fixed order. One block of 256.
+__global__ void reduce_partials_kernel(const double* __restrict__ partial, int count, double* out) {
+  __shared__ double red[256];
+  double s = 0;
+  for (int i = threadIdx.x; i < count; i += blockDim.x) s += partial[i];
+  red[threadIdx.x] = s;
+  __syncthreads();
+  for (int w = 128; w > 0; w /= 2) {
+    if (int(threadIdx.x) < w) red[threadIdx.x] += red[threadIdx.x + w];
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) *out = red[0];
+}
+
+/// out[0] = trace of an m x m column-major fp32 matrix, in fp64. One block of 256.
+__global__ void trace_kernel(const float* __restrict__ s, std::int64_t m, double* out) {
+  __shared__ double red[256];
+  double acc = 0;
+  for (std::int64_t i = threadIdx.x; i < m; i += blockDim.x) acc += s[i + i * m];
+  red[threadIdx.x] = acc;
+  __syncthreads();
+  for (int w = 128; w > 0; w /= 2) {
+    if (int(threadIdx.x) < w) red[threadIdx.x] += red[threadIdx.x + w];
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) *out = red[0];
+}
+
+/// From ascending eigenvalues of an m x m problem: singular values sigma_j = sqrt(max(lambda, 0))
+/// of the top r (descending), the kept energy, and per-direction scales (1/sigma_j for the
+/// randomized method, where V_r = Bt W_r diag(1/sigma); 0 for numerically null directions).
+/// One block of 256.
+template <class E>
+__global__ void select_top_kernel(const E* __restrict__ eigenvalues, int m, int r, float* __restrict__ sv_out,
+                                  double* __restrict__ scale_out, double* __restrict__ kept_out) {
+  __shared__ double red[256];
+  const double top = fmax(double(eigenvalues[m - 1]), 0.0);
+  double kept = 0;
+  for (int j = threadIdx.x; j < r; j += blockDim.x) {
+    const double lambda = fmax(double(eigenvalues[m - 1 - j]), 0.0);
+    const double sigma = sqrt(lambda);
+    kept += lambda;
+    if (sv_out) sv_out[j] = float(sigma);
+    if (scale_out) scale_out[j] = (lambda > 1e-24 * top && sigma > 0) ? 1.0 / sigma : 0.0;
+  }
+  red[threadIdx.x] = kept;
+  __syncthreads();
+  for (int w = 128; w > 0; w /= 2) {
+    if (int(threadIdx.x) < w) red[threadIdx.x] += red[threadIdx.x + w];
+    __syncthreads();
+  }
+  if (threadIdx.x == 0 && kept_out) *kept_out = red[0];
+}
+
+/// *flag = kNonFiniteInput if any of v[0..count) is NaN or Inf (NaN/Inf in X reach every
+/// eigenvalue through the GEMMs). One block.
+template <class E>
+__global__ void flag_nonfinite_kernel(const E* __restrict__ v, int count, int* flag) {
+  __shared__ int bad;
+  if (threadIdx.x == 0) bad = 0;
+  __syncthreads();
+  for (int i = threadIdx.x; i < count; i += blockDim.x)
+    if (!isfinite(double(v[i]))) atomicOr(&bad, 1);
+  __syncthreads();
+  if (threadIdx.x == 0 && bad) *flag = kNonFiniteInput;
+}
+
+/// dst (rows x r, column-major, ld rows) column j = scale_j * src column (src_cols - 1 - j):
+/// the eigenvectors of the r largest eigenvalues, largest first. scale == nullptr means 1.
+template <class Src, class Dst>
+__global__ void take_top_columns_kernel(const Src* __restrict__ src, std::int64_t rows, int src_cols, int r,
+                                        const double* __restrict__ scale, Dst* __restrict__ dst) {
+  const std::int64_t total = rows * r;
+  for (std::int64_t idx = blockIdx.x * std::int64_t(blockDim.x) + threadIdx.x; idx < total;
+       idx += std::int64_t(gridDim.x) * blockDim.x) {
+    const std::int64_t j = idx / rows;
+    const std::int64_t i = idx - j * rows;
+    double v = to_f64(src[i + (src_cols - 1 - j) * rows]);
+    if (scale) v *= scale[j];
+    if constexpr (std::is_same_v<Dst, double>) dst[idx] = v;
+    else dst[idx] = from_f64<Dst>(v);
+  }
+}
+
+/// B blocks from V_r (D x r, column-major, ld D): b[l][i][j] = V_r(l*width + j, i), row-major
+/// [r x width] per layer.
+template <class Src, class T>
+__global__ void write_b_blocks_kernel(const Src* __restrict__ v, std::int64_t d_total, int r, int width,
+                                      T* __restrict__ b) {
+  const std::int64_t total = d_total * r;
+  for (std::int64_t idx = blockIdx.x * std::int64_t(blockDim.x) + threadIdx.x; idx < total;
+       idx += std::int64_t(gridDim.x) * blockDim.x) {
+    // idx enumerates b in memory order: layer, row i, column j.
+    const std::int64_t per_layer = std::int64_t(r) * width;
+    const std::int64_t layer = idx / per_layer;
+    const std::int64_t rem = idx - layer * per_layer;
+    const std::int64_t i = rem / width;
+    const std::int64_t j = rem - i * width;
+    b[idx] = from_f64<T>(to_f64(v[layer * width + j + i * d_total]));
+  }
+}
+
+/// a (row-major [n x r]) = U (n x r, column-major): a[t][i] = U(t, i).
+template <class Src, class T>
+__global__ void transpose_to_rows_kernel(const Src* __restrict__ u, std::int64_t n, int r, T* __restrict__ a) {
+  const std::int64_t total = n * r;
+  for (std::int64_t idx = blockIdx.x * std::int64_t(blockDim.x) + threadIdx.x; idx < total;
+       idx += std::int64_t(gridDim.x) * blockDim.x) {
+    const std::int64_t t = idx / r;
+    const std::int64_t i = idx - t * r;
+    a[idx] = from_f64<T>(to_f64(u[t + i * n]));
+  }
+}
+
+}  // namespace xkv::cuda::detail

@@ -1,0 +1,102 @@
+// Private to cuda/svd: the library handles a Compressor owns, and the plan (sizes, chunking,
+// workspace offsets) derived from one set of arguments on the host.
+#pragma once
+
+#include <cublas_v2.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cusolverDn.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <type_traits>
+#include <vector>
+
+#include "xkv/cuda/check.hpp"
+#include "xkv/cuda/compressor.hpp"
+
+namespace xkv::cuda::detail {
+
+inline constexpr int kMaxGroupLayers = 64;  ///< layers one group may have
+inline constexpr int kInfoSlots = 16;
+inline constexpr int kNonFiniteSlot = kInfoSlots - 1;
+inline constexpr int kNonFiniteInput = -1000;  ///< status word: X held NaN or Inf
+/// q Cholesky words + Rayleigh-Ritz Cholesky + eigensolver must fit below kNonFiniteSlot.
+inline constexpr int kMaxPowerIterations = kNonFiniteSlot - 2;
+inline constexpr int kSumBlocks = 256;  ///< partial sums per staged chunk (energy)
+
+/// cuBLAS / cuSOLVER handles and host-side buffers; one per Compressor.
+struct CompressorState {
+  cublasHandle_t blas = nullptr;
+  cusolverDnHandle_t solver = nullptr;
+  cusolverDnParams_t params = nullptr;
+  syevjInfo_t syevj = nullptr;
+  std::vector<char> host_workspace;
+  int* pinned_info = nullptr;  ///< kInfoSlots status words of the last run, copied back asynchronously
+  std::uint64_t seed = 0;
+  RitzSolver ritz_solver = RitzSolver::Syevd;
+
+  CompressorState();
+  ~CompressorState();
+  void release() noexcept;
+  CompressorState(const CompressorState&) = delete;
+  CompressorState& operator=(const CompressorState&) = delete;
+};
+
+template <class T>
+constexpr cudaDataType data_type() {
+  if constexpr (std::is_same_v<T, float>) return CUDA_R_32F;
+  else if constexpr (std::is_same_v<T, __half>) return CUDA_R_16F;
+  else return CUDA_R_16BF;
+}
+/// Sketch GEMMs: 16-bit inputs multiply exactly on tensor cores; fp32 inputs use TF32.
+template <class T>
+constexpr cublasComputeType_t fast_compute() {
+  return std::is_same_v<T, float> ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
+}
+/// Exact method: full fp32 products (16-bit inputs still run on tensor cores).
+template <class T>
+constexpr cublasComputeType_t exact_compute() {
+  return CUBLAS_COMPUTE_32F;
+}
+
+struct Plan {
+  std::int64_t n = 0;  ///< tokens
+  std::int64_t d = 0;  ///< G * width
+  std::int64_t m = 0;  ///< min(n, d): side of the exact Gram matrix
+  int layers = 0;
+  int width = 0;
+  bool cols_side = true;  ///< exact: Gram of columns (d <= n) or of rows
+  GpuSvdMethod method = GpuSvdMethod::Exact;
+  int rank = 0;           ///< 0: chosen from the spectrum (exact only)
+  int rank_capacity = 0;  ///< columns the outputs hold
+  int k = 0;              ///< randomized: rank + oversampling, at most m
+  int power_iterations = 0;
+  std::int64_t chunk_rows = 0;  ///< tokens staged at once
+  std::int64_t panel_cols = 0;  ///< exact, rows side: columns staged at once (inside one layer)
+  bool vector_loads = false;    ///< every layer address is 16-byte aligned in the staging kernel
+
+  std::size_t solver_bytes = 0;
+  std::size_t off_stage = 0, off_yc = 0, off_z = 0, off_zd = 0, off_vd = 0, off_v = 0, off_vrt = 0, off_g = 0,
+              off_wsc = 0, off_eigenvalues = 0, off_g32 = 0, off_mu32 = 0, off_scale = 0, off_partials = 0, off_energies = 0, off_info = 0,
+              off_solver = 0, off_s = 0;
+  std::size_t total_bytes = 0;
+};
+
+/// The caller's workspace, addressed by plan offsets.
+struct Workspace {
+  char* base = nullptr;
+  template <class U>
+  U* get(std::size_t offset) const {
+    return reinterpret_cast<U*>(base + offset);
+  }
+};
+
+template <class T>
+void run_randomized(CompressorState& st, const Plan& plan, const SvdArguments<T>& args, const Workspace& ws,
+                    cudaStream_t stream);
+template <class T>
+int run_exact(CompressorState& st, const Plan& plan, const SvdArguments<T>& args, const Workspace& ws,
+              cudaStream_t stream);
+
+}  // namespace xkv::cuda::detail

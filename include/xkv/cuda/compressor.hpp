@@ -1,0 +1,138 @@
+// Cross-layer truncated SVD of one layer group on the GPU (cuBLAS / cuSOLVER), in the
+// validate -> workspace_bytes -> run(stream) shape:
+//
+//   xkv::cuda::Compressor<__nv_bfloat16> svd(options);
+//   xkv::cuda::SvdArguments<__nv_bfloat16> args{layers, rank, ...device outputs...};
+//   svd.validate(args);                                   // host-side checks, throws xkv::Error
+//   xkv::cuda::DeviceBuffer<std::byte> ws(svd.workspace_bytes(args));
+//   svd.run(args, ws.get(), ws.bytes(), stream);          // asynchronous on `stream`
+//   svd.check(stream);                                    // waits, throws on a failed factorisation
+//
+// Inputs are the layers of a group as separate strided device views (token-major or head-major;
+// no concatenated copy is made); X = [K_l1 | ... | K_lG] is n x D with D = G * H * d.
+// Outputs are the CPU layout of xkv::CompressedFactor: A row-major [n x r], B = G blocks of
+// row-major [r x H*d], with X ~= A * [B_1 | ... | B_G]. Eigen-free, so .cu files may include it.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <vector>
+
+#include "xkv/kv_view.hpp"
+#include "xkv/rank_policy.hpp"
+
+namespace xkv::cuda {
+
+/// How the GPU computes the truncated SVD. Both work on the Gram matrix of the smaller side
+/// (S = X^T X when D <= n, else X X^T), built with tensor-core GEMMs in fp32 accumulation.
+enum class GpuSvdMethod {
+  Exact,       ///< cusolverDnXsyevd on S (deterministic mode): the accuracy reference
+  Randomized,  ///< subspace iteration on S with CholeskyQR, then a (r+p)^2 Rayleigh-Ritz problem
+};
+
+/// Eigensolver of the small Rayleigh-Ritz problem of the randomized method.
+enum class RitzSolver {
+  Syevd,       ///< cusolverDnXsyevd, fp64
+  SyevdFloat,  ///< cusolverDnXsyevd, fp32 (the problem is formed in fp64 and rounded)
+  Syevj,       ///< cusolverDnDsyevj (Jacobi), fp64
+  SyevjFloat,  ///< cusolverDnSsyevj (Jacobi), fp32
+};
+
+struct GpuCompressorOptions {
+  GpuSvdMethod method = GpuSvdMethod::Randomized;
+  int oversampling = 64;          ///< p: extra directions of the randomized method
+  int power_iterations = 2;       ///< q in [0, 13]: X^T X is applied q + 1 times (q power iterations)
+  std::uint64_t seed = 0x786b76;  ///< same seed => bit-identical output
+  RitzSolver ritz_solver = RitzSolver::Syevd;
+  /// Largest token (or column) chunk staged at once, as a fraction of the group's input bytes.
+  double staging_fraction = 0.125;
+
+  /// Throws xkv::Error naming the offending field.
+  void validate() const;
+};
+
+/// One stream (keys or values) of one group. All pointers are device pointers.
+template <class T>
+struct SvdArguments {
+  std::span<const KVView<T>> layers;  ///< G views of the same shape and token count
+  int rank = 0;                 ///< r in [1, min(n, D)]; 0: smallest rank keeping energy_fraction
+  double energy_fraction = 1.0;  ///< used when rank == 0 (forces the exact method, one sync)
+  int rank_capacity = 0;        ///< room the outputs have, in ranks; 0 means `rank`
+  T* a = nullptr;               ///< [n x r] row-major (r = the rank chosen)
+  T* b = nullptr;               ///< G blocks of [r x H*d] row-major
+  float* singular_values = nullptr;  ///< optional: r values, descending
+  double* energies = nullptr;        ///< optional: {||X||_F^2, sum of the kept s_i^2}
+};
+
+/// The rank a run chose and the method it used.
+struct SvdRun {
+  int rank = 0;
+  GpuSvdMethod method = GpuSvdMethod::Exact;
+};
+
+/// Outputs of one group's keys or values for compress_group.
+template <class T>
+struct DeviceFactorOutputs {
+  T* a = nullptr;
+  T* b = nullptr;
+  float* singular_values = nullptr;
+  double* energies = nullptr;
+  int rank_capacity = 0;
+};
+
+namespace detail {
+struct CompressorState;  // handles, host workspace, pinned status words
+}
+
+/// Truncated SVD of layer groups on one device. T is the storage type of inputs and factors:
+/// __nv_bfloat16, __half or float. Not thread-safe: one run at a time per object.
+template <class T>
+class Compressor {
+ public:
+  explicit Compressor(GpuCompressorOptions options = {});
+  ~Compressor();
+  Compressor(Compressor&&) noexcept;
+  Compressor& operator=(Compressor&&) noexcept;
+  Compressor(const Compressor&) = delete;
+  Compressor& operator=(const Compressor&) = delete;
+
+  /// Host-side checks of shapes, strides, ranks and pointers; throws xkv::Error naming the field.
+  void validate(const SvdArguments<T>& args) const;
+  /// Bytes of device workspace run() needs for these arguments (after validate()).
+  [[nodiscard]] std::size_t workspace_bytes(const SvdArguments<T>& args) const;
+  /// The method run() will use for these arguments.
+  [[nodiscard]] GpuSvdMethod method_for(const SvdArguments<T>& args) const;
+
+  /// Enqueues the factorisation on `stream`. Asynchronous, except for energy ranks (rank == 0),
+  /// where the spectrum is read back to choose r. `workspace` must hold workspace_bytes(args).
+  SvdRun run(const SvdArguments<T>& args, void* workspace, std::size_t workspace_size, cudaStream_t stream);
+  /// Waits for `stream` and throws xkv::Error(Numerical) if a factorisation of the last run failed.
+  void check(cudaStream_t stream) const;
+
+  /// validate + allocate workspace + run + check, for callers without a workspace of their own.
+  SvdRun compress_stream(const SvdArguments<T>& args, cudaStream_t stream);
+
+  /// A group's keys and values with ranks from `policy` (Fixed, Ratio; Energy per stream).
+  /// `values` may be empty. Allocates and frees its own workspace; synchronises `stream`.
+  GroupRanks compress_group(std::span<const KVView<T>> keys, std::span<const KVView<T>> values,
+                            const RankPolicy& policy, const DeviceFactorOutputs<T>& key_out,
+                            const DeviceFactorOutputs<T>& value_out, cudaStream_t stream);
+
+  [[nodiscard]] const GpuCompressorOptions& options() const { return options_; }
+
+ private:
+  GpuCompressorOptions options_;
+  std::unique_ptr<detail::CompressorState> state_;
+};
+
+extern template class Compressor<__nv_bfloat16>;
+extern template class Compressor<__half>;
+extern template class Compressor<float>;
+
+}  // namespace xkv::cuda
