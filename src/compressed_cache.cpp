@@ -71,6 +71,7 @@ CompressedCache<T> CompressedCache<T>::build(const ModelShape& shape, const Cach
   cache.prefix_tokens_ = n;
   cache.layers_.resize(std::size_t(shape.num_layers));
   if (options.rope.enabled) cache.inv_freq_ = options.rope.inverse_frequencies(shape.head_dim);
+  cache.extend_rope_table(n);
 
   const Compressor<T> compressor(options.compressor);
   for (std::size_t g = 0; g < options.grouping.groups.size(); ++g) {
@@ -95,6 +96,21 @@ CompressedCache<T> CompressedCache<T>::build(const ModelShape& shape, const Cach
     if (cache.has_values_) copy_token_major(values[l], state.prefix_values);
   }
   return cache;
+}
+
+template <class T>
+void CompressedCache<T>::extend_rope_table(std::int64_t tokens) {
+  const std::size_t pairs = inv_freq_.size();
+  const auto have = static_cast<std::int64_t>(pairs == 0 ? 0 : rope_cos_.size() / pairs);
+  if (pairs == 0 || tokens <= have) return;
+  rope_cos_.resize(std::size_t(tokens) * pairs);
+  rope_sin_.resize(rope_cos_.size());
+  for (std::int64_t t = have; t < tokens; ++t)
+    for (std::size_t i = 0; i < pairs; ++i) {
+      const double angle = double(options_.position_offset + t) * inv_freq_[i];
+      rope_cos_[std::size_t(t) * pairs + i] = std::cos(angle);
+      rope_sin_[std::size_t(t) * pairs + i] = std::sin(angle);
+    }
 }
 
 template <class T>
@@ -123,6 +139,7 @@ void CompressedCache<T>::append(int layer, const KVView<T>& keys, const KVView<T
   copy_token_major(keys, state.tail_keys);
   copy_token_major(values, state.tail_values);
   state.tail_tokens += keys.tokens;
+  extend_rope_table(prefix_tokens_ + state.tail_tokens);
 }
 
 template <class T>
@@ -137,6 +154,7 @@ void CompressedCache<T>::append(int layer, const KVView<T>& keys) {
   LayerState& state = layers_[layer];
   copy_token_major(keys, state.tail_keys);
   state.tail_tokens += keys.tokens;
+  extend_rope_table(prefix_tokens_ + state.tail_tokens);
 }
 
 template <class T>
@@ -218,11 +236,24 @@ void CompressedCache<T>::reconstruct(int layer, bool want_keys, const TokenSelec
   }
 
   const bool rotate = want_keys && options_.rope.enabled && !inv_freq_.empty();
+  const int pairs = static_cast<int>(inv_freq_.size());
+  const int rotated = 2 * pairs;
   for (std::int64_t k = 0; k < count; ++k) {
-    const std::int64_t position = options_.position_offset + token_at(k);
+    const std::int64_t t = token_at(k);
+    const double* cos_row = rotate ? rope_cos_.data() + std::size_t(t) * pairs : nullptr;
+    const double* sin_row = rotate ? rope_sin_.data() + std::size_t(t) * pairs : nullptr;
     for (int h = 0; h < heads; ++h) {
       float* head = rows.row(k).data() + std::size_t(h) * dim;
-      if (rotate) apply_rope_head(head, dim, position, options_.rope.style, inv_freq_);
+      if (rotate) {
+        // The arithmetic of apply_rope_head (fp64), with the angles looked up instead of evaluated.
+        for (int i = 0; i < pairs; ++i) {
+          int a = 0, b = 0;
+          rope_pair(options_.rope.style, rotated, i, a, b);
+          const double x = head[a], y = head[b];
+          head[a] = static_cast<float>(x * cos_row[i] - y * sin_row[i]);
+          head[b] = static_cast<float>(x * sin_row[i] + y * cos_row[i]);
+        }
+      }
       for (int i = 0; i < dim; ++i) out(k, h, i) = head[i];
     }
   }

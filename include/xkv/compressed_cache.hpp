@@ -96,6 +96,8 @@ class CompressedCache {
   };
 
   void check_layer(int layer) const;
+  /// Grows the cos/sin table to cover cached tokens [0, tokens).
+  void extend_rope_table(std::int64_t tokens);
   void reconstruct(int layer, bool want_keys, const TokenSelection& tokens, const MutableKVView<float>& out) const;
 
   ModelShape shape_;
@@ -105,6 +107,9 @@ class CompressedCache {
   std::vector<CompressedGroup<T>> groups_;
   std::vector<LayerState> layers_;
   std::vector<double> inv_freq_;
+  // cos/sin of every (cached token, rotated pair), in fp64, so reconstruction evaluates no
+  // trigonometry: derived data, not counted in bytes().
+  std::vector<double> rope_cos_, rope_sin_;
 };
 
 extern template class CompressedCache<float>;
