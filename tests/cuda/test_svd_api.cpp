@@ -16,7 +16,8 @@ TEST(GpuSvdVsCpu, SameFactorisationAsTheCpuCompressor) {
   // A clear gap after rank r, so both sides must find the same subspace.
   const int r = 12;
   const std::int64_t n = 500;
-  const auto x = spectrum_matrix(n, 128, 0.3, test_seed() + 20, 0.0, r) + 0.01 * spectrum_matrix(n, 128, 0.0, test_seed() + 21);
+  // A concrete matrix, not an Eigen expression over temporaries that die at the semicolon.
+  const Eigen::MatrixXd x = spectrum_matrix(n, 128, 0.3, test_seed() + 20, 0.0, r) + 0.01 * spectrum_matrix(n, 128, 0.0, test_seed() + 21);
   const auto g = upload<__nv_bfloat16>(x, 2, 2, 32, Layout::TokenMajorPadded);
   const auto s = reference_singular_values(g.stored);
 
