@@ -178,6 +178,31 @@ struct GemmTile {
   static_assert(kA_Loads >= 1 && kB_Loads >= 1, "loader shape");
 };
 
+// Per-tile row bookkeeping shared by the mma.sync and wgmma kernels: for each of the tile's BM rows,
+// its output row offset, RoPE position and validity (bad indices raise flags in p.error_flag), and
+// the inverse frequencies when the kernel evaluates cos/sin itself. Read after a barrier.
+template <int BM, int THREADS, bool LOAD_INV_FREQ>
+__device__ __forceinline__ void stage_tile_rows(const ReconstructArgs& p, std::int64_t m0, int tid, std::int64_t* row_out,
+                                                std::int64_t* row_pos, int* row_ok, double* inv_freq) {
+  if (tid < BM) {
+    const std::int64_t t = m0 + tid;
+    std::int64_t token = 0, position = 0, out_base = -1;
+    int ok = 0;
+    if (t < p.tokens) {
+      ok = resolve_token(p, t, token, position);
+      if (!ok && p.error_flag) atomicOr(p.error_flag, kBadTokenIndex);
+      out_base = output_row_base(p, t);
+      if (out_base < 0 && p.error_flag) atomicOr(p.error_flag, kBadOutputRow);
+    }
+    row_out[tid] = out_base;
+    row_pos[tid] = position;
+    row_ok[tid] = ok;
+  }
+  if constexpr (LOAD_INV_FREQ) {
+    for (int i = tid; i < p.rotary_dim / 2; i += THREADS) inv_freq[i] = p.inv_freq[i];
+  }
+}
+
 // ------------------------------------------------------------------ the fused GEMM + RoPE
 template <class T, int HEAD_DIM, RopeMode MODE, bool TABLE>
 __global__ void __launch_bounds__(256, 2) reconstruct_gemm_kernel(const __grid_constant__ ReconstructArgs p) {
@@ -202,23 +227,8 @@ __global__ void __launch_bounds__(256, 2) reconstruct_gemm_kernel(const __grid_c
   const T* b = static_cast<const T*>(p.b);
 
   // Row bookkeeping (read by the epilogue only, after barriers).
-  if (tid < BM) {
-    const std::int64_t t = m0 + tid;
-    std::int64_t token = 0, position = 0, out_base = -1;
-    int ok = 0;
-    if (t < p.tokens) {
-      ok = resolve_token(p, t, token, position);
-      if (!ok && p.error_flag) atomicOr(p.error_flag, kBadTokenIndex);
-      out_base = output_row_base(p, t);
-      if (out_base < 0 && p.error_flag) atomicOr(p.error_flag, kBadOutputRow);
-    }
-    row_out[tid] = out_base;
-    row_pos[tid] = position;
-    row_ok[tid] = ok;
-  }
-  if constexpr (MODE != RopeMode::None && !TABLE) {
-    for (int i = tid; i < p.rotary_dim / 2; i += Tile::kThreads) inv_freq[i] = p.inv_freq[i];
-  }
+  stage_tile_rows<BM, Tile::kThreads, MODE != RopeMode::None && !TABLE>(p, m0, tid, row_out, row_pos, row_ok,
+                                                                        inv_freq);
 
   // Each thread loads fixed A rows: resolve them once.
   const T* a_src[Tile::kA_Loads];

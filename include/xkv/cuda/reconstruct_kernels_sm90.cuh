@@ -108,23 +108,8 @@ __global__ void __launch_bounds__(WgmmaTile<WARPGROUPS>::kThreads, WgmmaTile<WAR
   const T* a = static_cast<const T*>(p.a);
   const T* bt = static_cast<const T*>(p.bt);
 
-  if (tid < BM) {
-    const std::int64_t t = m0 + tid;
-    std::int64_t token = 0, position = 0, out_base = -1;
-    int ok = 0;
-    if (t < p.tokens) {
-      ok = resolve_token(p, t, token, position);
-      if (!ok && p.error_flag) atomicOr(p.error_flag, kBadTokenIndex);
-      out_base = output_row_base(p, t);
-      if (out_base < 0 && p.error_flag) atomicOr(p.error_flag, kBadOutputRow);
-    }
-    row_out[tid] = out_base;
-    row_pos[tid] = position;
-    row_ok[tid] = ok;
-  }
-  if constexpr (MODE != RopeMode::None && !TABLE) {
-    for (int i = tid; i < p.rotary_dim / 2; i += Tile::kThreads) inv_freq[i] = p.inv_freq[i];
-  }
+  stage_tile_rows<BM, Tile::kThreads, MODE != RopeMode::None && !TABLE>(p, m0, tid, row_out, row_pos, row_ok,
+                                                                        inv_freq);
 
   // Loader: each thread copies chunk `chunk` of kA_Loads A rows and kB_Loads B^T rows per stage.
   constexpr int kRowsPerPass = Tile::kThreads / 8;
