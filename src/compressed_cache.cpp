@@ -237,25 +237,14 @@ void CompressedCache<T>::reconstruct(int layer, bool want_keys, const TokenSelec
 
   const bool rotate = want_keys && options_.rope.enabled && !inv_freq_.empty();
   const int pairs = static_cast<int>(inv_freq_.size());
-  const int rotated = 2 * pairs;
   for (std::int64_t k = 0; k < count; ++k) {
-    const std::int64_t t = token_at(k);
-    const double* cos_row = rotate ? rope_cos_.data() + std::size_t(t) * pairs : nullptr;
-    const double* sin_row = rotate ? rope_sin_.data() + std::size_t(t) * pairs : nullptr;
-    for (int h = 0; h < heads; ++h) {
-      float* head = rows.row(k).data() + std::size_t(h) * dim;
-      if (rotate) {
-        // The arithmetic of apply_rope_head (fp64), with the angles looked up instead of evaluated.
-        for (int i = 0; i < pairs; ++i) {
-          int a = 0, b = 0;
-          rope_pair(options_.rope.style, rotated, i, a, b);
-          const double x = head[a], y = head[b];
-          head[a] = static_cast<float>(x * cos_row[i] - y * sin_row[i]);
-          head[b] = static_cast<float>(x * sin_row[i] + y * cos_row[i]);
-        }
-      }
-      for (int i = 0; i < dim; ++i) out(k, h, i) = head[i];
+    float* row = rows.row(k).data();
+    if (rotate) {
+      const std::size_t offset = std::size_t(token_at(k)) * pairs;
+      rotate_row(row, heads, dim, options_.rope.style, pairs, rope_cos_.data() + offset, rope_sin_.data() + offset);
     }
+    for (int h = 0; h < heads; ++h)
+      for (int i = 0; i < dim; ++i) out(k, h, i) = row[std::size_t(h) * dim + i];
   }
 }
 

@@ -98,6 +98,23 @@ inline void rope_pair(RopeStyle style, int rotated_dims, int i, int& first, int&
   }
 }
 
+/// Rotates every head of one token's row [heads x head_dim] in place, given the cos/sin of that
+/// token's position for each rotated pair (fp64 arithmetic). The one rotation kernel of the CPU
+/// paths: the compressed cache feeds it from its table, the model from angles it evaluates.
+inline void rotate_row(float* row, int heads, int head_dim, RopeStyle style, int pairs, const double* cos,
+                       const double* sin) {
+  for (int h = 0; h < heads; ++h) {
+    float* head = row + static_cast<std::int64_t>(h) * head_dim;
+    for (int i = 0; i < pairs; ++i) {
+      int a = 0, b = 0;
+      rope_pair(style, 2 * pairs, i, a, b);
+      const double x = head[a], y = head[b];
+      head[a] = static_cast<float>(x * cos[i] - y * sin[i]);
+      head[b] = static_cast<float>(x * sin[i] + y * cos[i]);
+    }
+  }
+}
+
 /// Rotates one head vector in place at `position` (reference: angles in fp64, arithmetic in fp64).
 /// `inv_freq` comes from RopeConfig::inverse_frequencies.
 template <class Float>

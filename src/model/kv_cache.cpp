@@ -8,26 +8,15 @@ namespace xkv::model {
 void apply_rope_rows(float* rows, std::int64_t count, int heads, int head_dim, std::int64_t first_position,
                      RopeStyle style, const std::vector<double>& inv_freq) {
   const int pairs = static_cast<int>(inv_freq.size());
-  const int rotated = 2 * pairs;
-  std::vector<float> cos_table(static_cast<std::size_t>(pairs)), sin_table(static_cast<std::size_t>(pairs));
+  std::vector<double> cos_table(static_cast<std::size_t>(pairs)), sin_table(static_cast<std::size_t>(pairs));
   for (std::int64_t t = 0; t < count; ++t) {
     const double position = static_cast<double>(first_position + t);
     for (int i = 0; i < pairs; ++i) {
-      const double angle = position * inv_freq[i];
-      cos_table[i] = static_cast<float>(std::cos(angle));
-      sin_table[i] = static_cast<float>(std::sin(angle));
+      cos_table[i] = std::cos(position * inv_freq[i]);
+      sin_table[i] = std::sin(position * inv_freq[i]);
     }
-    float* row = rows + t * std::int64_t(heads) * head_dim;
-    for (int h = 0; h < heads; ++h) {
-      float* head = row + std::int64_t(h) * head_dim;
-      for (int i = 0; i < pairs; ++i) {
-        int a = 0, b = 0;
-        rope_pair(style, rotated, i, a, b);
-        const float x = head[a], y = head[b];
-        head[a] = x * cos_table[i] - y * sin_table[i];
-        head[b] = x * sin_table[i] + y * cos_table[i];
-      }
-    }
+    rotate_row(rows + t * std::int64_t(heads) * head_dim, heads, head_dim, style, pairs, cos_table.data(),
+               sin_table.data());
   }
 }
 
