@@ -84,7 +84,7 @@ double optimum_squared(Group& g, std::int64_t n, int d) {
   return g.optimum_squared;
 }
 
-void bm_svd(benchmark::State& state, std::int64_t n, int d, GpuSvdMethod method) {
+void bm_svd(benchmark::State& state, std::int64_t n, int d, GpuSvdMethod method, int power_iterations) {
   if (!xkv::cuda::device_available()) {
     state.SkipWithError("no CUDA device");
     return;
@@ -94,6 +94,7 @@ void bm_svd(benchmark::State& state, std::int64_t n, int d, GpuSvdMethod method)
   Outputs out(n, d);
   xkv::cuda::GpuCompressorOptions opt;
   opt.method = method;
+  if (power_iterations >= 0) opt.power_iterations = power_iterations;
   xkv::cuda::Compressor<bf16> svd(opt);
   const auto args = arguments(g, out);
   xkv::cuda::DeviceBuffer<char> ws(svd.workspace_bytes(args));
@@ -120,10 +121,13 @@ int main(int argc, char** argv) {
   for (const std::int64_t n : {4096, 32768, 131072}) {
     for (const int d : {1152, 4096, 8192}) {
       const std::string shape = "n=" + std::to_string(n) + "/D=" + std::to_string(d) + "/r=" + std::to_string(kRank);
-      benchmark::RegisterBenchmark(("gpu_svd_randomized/" + shape).c_str(), bm_svd, n, d, GpuSvdMethod::Randomized)
+      benchmark::RegisterBenchmark(("gpu_svd_randomized_p64_q2/" + shape).c_str(), bm_svd, n, d, GpuSvdMethod::Randomized, 2)
+          ->UseManualTime()->Unit(benchmark::kMillisecond)->Iterations(5)->Repetitions(5)->ReportAggregatesOnly(true);
+      // Subspace iteration needs one more power iteration for the same err/opt (no oversampling).
+      benchmark::RegisterBenchmark(("gpu_svd_subspace_q3/" + shape).c_str(), bm_svd, n, d, GpuSvdMethod::Subspace, 3)
           ->UseManualTime()->Unit(benchmark::kMillisecond)->Iterations(5)->Repetitions(5)->ReportAggregatesOnly(true);
       if (n <= 32768 && d <= 4096)
-        benchmark::RegisterBenchmark(("gpu_svd_exact_gram_syevd/" + shape).c_str(), bm_svd, n, d, GpuSvdMethod::Exact)
+        benchmark::RegisterBenchmark(("gpu_svd_exact_gram_syevd/" + shape).c_str(), bm_svd, n, d, GpuSvdMethod::Exact, -1)
             ->UseManualTime()->Unit(benchmark::kMillisecond)->Iterations(2)->Repetitions(3)->ReportAggregatesOnly(true);
     }
   }

@@ -8,3 +8,5 @@ target_link_libraries(xkv_bench_cuda_svd PRIVATE xkv::cuda xkv_svd_bench_data be
 # Command-line front end used by svd_side_by_side.py (same matrices as the torch baselines).
 add_executable(xkv_svd_cli ${CMAKE_CURRENT_LIST_DIR}/xkv_svd_cli.cpp)
 target_link_libraries(xkv_svd_cli PRIVATE xkv::cuda xkv_private_flags)
+# --micro times the private one-launch Cholesky next to the cuSOLVER calls it replaces.
+target_include_directories(xkv_svd_cli PRIVATE ${PROJECT_SOURCE_DIR}/cuda/svd)

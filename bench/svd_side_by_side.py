@@ -10,8 +10,10 @@ median after warm-up):
   torch.svd_lowrank      (fp32, q = r + oversampling, niter = power iterations)
   torch Gram + eigh      (fp32 X^T X, torch.linalg.eigh = cuSOLVER syevd)
   xkv exact              (xkv_svd_cli --method exact: bf16 Gram + cusolverDnXsyevd)
-  xkv fast               (xkv_svd_cli --method fast: randomized subspace iteration)
+  xkv fast               (xkv_svd_cli --method subspace: subspace iteration at rank r, the default)
+  xkv randomized         (xkv_svd_cli --method randomized: oversampled, with a Rayleigh-Ritz eigensolve)
 and prints time, ratio to xkv fast, and err/opt = ||X - A B||_F / sqrt(sum_{i>r} s_i^2).
+--variants adds more subspace runs with other flags ('q4=--power-iterations 4').
 """
 import argparse
 import os
@@ -77,12 +79,13 @@ def main():
     p.add_argument("--head-dim", type=int, default=128)
     p.add_argument("--rank", type=int, default=512)
     p.add_argument("--oversampling", type=int, default=64)
-    p.add_argument("--power-iterations", type=int, default=2)
+    p.add_argument("--power-iterations", type=int, default=2, help="torch.svd_lowrank and xkv randomized")
+    p.add_argument("--fast-power-iterations", type=int, default=3, help="xkv fast (subspace iteration)")
     p.add_argument("--decay", type=float, default=0.6)
     p.add_argument("--seed", type=int, default=20261129)
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--skip-full-svd", action="store_true")
-    p.add_argument("--cli-extra", default="", help="extra arguments for the fast run, e.g. '--ritz syevj'")
+    p.add_argument("--cli-extra", default="", help="extra arguments for the randomized run, e.g. '--ritz syevj'")
     p.add_argument("--variants", default="", help="more fast runs: 'label=--ritz syevj;label2=--oversampling 32'")
     args = p.parse_args()
     torch.backends.cuda.matmul.allow_tf32 = False
@@ -129,10 +132,13 @@ def main():
             del a, b, xf
             torch.cuda.empty_cache()
             base = ["--oversampling", str(args.oversampling), "--power-iterations", str(args.power_iterations)]
-            runs = [("xkv exact", "exact", 3, base), ("xkv fast", "fast", 20, base + args.cli_extra.split())]
+            fast = ["--power-iterations", str(args.fast_power_iterations)]
+            runs = [("xkv exact", "exact", 3, []), ("xkv fast", "subspace", 20, fast),
+                    (f"xkv randomized p={args.oversampling} q={args.power_iterations}", "randomized", 20,
+                     base + args.cli_extra.split())]
             for variant in filter(None, args.variants.split(";")):
                 label, extra = variant.split("=", 1)
-                runs.append((f"xkv fast {label}", "fast", 20, base + extra.split()))
+                runs.append((f"xkv fast {label}", "subspace", 20, fast + extra.split()))
             for name, method, iters, extra in runs:
                 ms, a, b, line = run_cli(args.cli, path, n, args.d, args.layers, heads, args.head_dim, r, method,
                                          iters, workdir, extra)

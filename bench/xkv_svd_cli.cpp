@@ -1,6 +1,6 @@
 // xkv_svd_cli: factor one bf16 group read from a raw file with the GPU compressor, time it with
 // CUDA events, and write A and B for an external error check (bench/svd_side_by_side.py).
-//   xkv_svd_cli --in X.bin --n N --layers G --heads H --head-dim d --rank r [--method fast|exact]
+//   xkv_svd_cli --in X.bin --n N --layers G --heads H --head-dim d --rank r [--method subspace|randomized|exact]
 //               [--iters K] [--oversampling p] [--power-iterations q] [--ritz syevd|syevd32|syevj|syevj32]
 //               [--staging fraction] [--out-a A.bin --out-b B.bin]
 // X.bin is row-major [n x G*H*d] bf16; layer l is columns [l*H*d, (l+1)*H*d). Prints one line:
@@ -17,6 +17,7 @@
 #include <cublas_v2.h>
 #include <cusolverDn.h>
 
+#include "cholesky.hpp"  // private to cuda/svd: timed on its own in --micro
 #include "xkv/cuda/compressor.hpp"
 #include "xkv/cuda/device.hpp"
 
@@ -137,6 +138,21 @@ void micro(std::int64_t d, int k, std::int64_t rows) {
     XKV_CUDA_CHECK(cublasGemmEx(blas, CUBLAS_OP_T, CUBLAS_OP_N, k, int(rows), int(d), &f1, vb.get(), CUDA_R_16BF, int(d), xb.get(), CUDA_R_16BF, int(d), &f0, yb.get(), CUDA_R_16BF, k, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT)); }));
   std::printf("  bf16 GEMM D x k x rows      %8.3f ms\n", time_ms(stream.get(), [&] {
     XKV_CUDA_CHECK(cublasGemmEx(blas, CUBLAS_OP_N, CUBLAS_OP_T, int(d), k, int(rows), &f1, xb.get(), CUDA_R_16BF, int(d), yb.get(), CUDA_R_16BF, k, &f1, z.get(), CUDA_R_32F, int(d), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT)); }));
+  {  // the one-launch Cholesky + inverse and the GEMM that replaces the triangular solve
+    xkv::cuda::DeviceBuffer<double> chol(xkv::cuda::detail::CholeskyWorkspace::doubles(k));
+    const auto cws = xkv::cuda::detail::CholeskyWorkspace::carve(chol.get(), k);
+    xkv::cuda::DeviceBuffer<double> out(std::size_t(d) * k);
+    std::printf("  xkv cholesky+inverse k      %8.3f ms\n", time_ms(stream.get(), [&] {
+      xkv::cuda::detail::cholesky_inverse(g0.get(), k, cws, info.get(), stream.get()); }));
+    std::printf("  Dgemm D x k x k (apply)     %8.3f ms\n", time_ms(stream.get(), [&] {
+      XKV_CUDA_CHECK(cublasDgemm(blas, CUBLAS_OP_N, CUBLAS_OP_T, int(d), k, k, &one, x.get(), int(d), cws.w, cws.padded, &zero, out.get(), int(d))); }));
+    std::printf("  Dpotrf fp64 k, non-deterministic mode (+copy) %8.3f ms\n", [&] {
+      XKV_CUDA_CHECK(cusolverDnSetDeterministicMode(solver, CUSOLVER_ALLOW_NON_DETERMINISTIC_RESULTS));
+      const float t = time_ms(stream.get(), [&] { reset();
+        XKV_CUDA_CHECK(cusolverDnXpotrf(solver, params, CUBLAS_FILL_MODE_UPPER, k, CUDA_R_64F, g.get(), k, CUDA_R_64F, ws.get(), dev_bytes, hws.data(), hws.size(), info.get())); });
+      XKV_CUDA_CHECK(cusolverDnSetDeterministicMode(solver, CUSOLVER_DETERMINISTIC_RESULTS));
+      return t; }());
+  }
   (void)cusolverDnDestroySyevjInfo(syevj);
   (void)cusolverDnDestroyParams(params);
   (void)cusolverDnDestroy(solver);
@@ -177,8 +193,14 @@ int main(int argc, char** argv) try {
   for (int l = 0; l < layers; ++l) views.push_back({x.get() + std::int64_t(l) * width, n, heads, head_dim, d, head_dim});
 
   xkv::cuda::GpuCompressorOptions opt;
-  const std::string method = args.count("method") ? args.at("method") : "fast";
-  opt.method = method == "exact" ? xkv::cuda::GpuSvdMethod::Exact : xkv::cuda::GpuSvdMethod::Randomized;
+  const std::string method = args.count("method") ? args.at("method") : "subspace";
+  if (method != "exact" && method != "subspace" && method != "randomized") {
+    std::fprintf(stderr, "--method must be subspace, randomized or exact, got %s\n", method.c_str());
+    return 2;
+  }
+  opt.method = method == "exact"        ? xkv::cuda::GpuSvdMethod::Exact
+               : method == "randomized" ? xkv::cuda::GpuSvdMethod::Randomized
+                                        : xkv::cuda::GpuSvdMethod::Subspace;
   opt.oversampling = int(number(args, "oversampling", opt.oversampling));
   opt.power_iterations = int(number(args, "power-iterations", opt.power_iterations));
   if (args.count("staging")) opt.staging_fraction = std::stod(args.at("staging"));

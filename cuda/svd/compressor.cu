@@ -15,6 +15,7 @@
 #include <cstring>
 #include <vector>
 
+#include "cholesky.hpp"
 #include "svd_plan.hpp"
 #include "svd_kernels.cuh"
 
@@ -85,21 +86,26 @@ void dgemm(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, std::in
 constexpr double kCholeskyShift = 1e-12;
 constexpr double kCholeskyFloor = 1e-200;
 
-void potrf_upper(CompressorState& st, double* g, int k, void* dev_ws, std::size_t dev_bytes, int* info) {
-  XKV_CUDA_CHECK(cusolverDnXpotrf(st.solver, st.params, CUBLAS_FILL_MODE_UPPER, k, CUDA_R_64F, g, k, CUDA_R_64F,
-                                  dev_ws, dev_bytes, st.host_workspace.data(), st.host_workspace.size(), info));
-}
-
-/// x (rows x k, fp64) <- x R^{-1} with R^T R = x^T x + shift: one CholeskyQR pass.
-void cholesky_qr(CompressorState& st, double* x, std::int64_t rows, int k, double* g, void* dev_ws,
-                 std::size_t dev_bytes, int* info, cudaStream_t stream) {
-  const double one = 1.0, zero = 0.0;
-  XKV_CUDA_CHECK(cublasDsyrk(st.blas, CUBLAS_FILL_MODE_UPPER, CUBLAS_OP_T, k, int(rows), &one, x, int(rows), &zero, g, k));
+/// g (k x k, upper triangle) <- chol + inverse in `chol`, after the relative diagonal shift.
+void factor_shifted(double* g, int k, const CholeskyWorkspace& chol, int* info, cudaStream_t stream) {
   shift_diagonal_kernel<<<1, 1024, 0, stream>>>(g, k, kCholeskyShift, kCholeskyFloor);
   check_launch();
-  potrf_upper(st, g, k, dev_ws, dev_bytes, info);
-  XKV_CUDA_CHECK(cublasDtrsm(st.blas, CUBLAS_SIDE_RIGHT, CUBLAS_FILL_MODE_UPPER, CUBLAS_OP_N, CUBLAS_DIAG_NON_UNIT,
-                             int(rows), k, &one, g, k, x, int(rows)));
+  cholesky_inverse(g, k, chol, info, stream);
+}
+
+/// out (rows x k, fp64) = x R^{-1} with R^T R = x^T x + shift: one CholeskyQR pass, the
+/// triangular solve done as a GEMM with the explicit inverse (R^{-1} = L^{-T}).
+void cholesky_qr(CompressorState& st, const double* x, double* out, std::int64_t rows, int k, double* g,
+                 const CholeskyWorkspace& chol, int* info, cudaStream_t stream, int* nonfinite = nullptr) {
+  const double one = 1.0, zero = 0.0;
+  XKV_CUDA_CHECK(cublasDsyrk(st.blas, CUBLAS_FILL_MODE_UPPER, CUBLAS_OP_T, k, int(rows), &one, x, int(rows), &zero, g, k));
+  if (nonfinite) {  // NaN or Inf anywhere in X reaches this Gram
+    flag_nonfinite_kernel<double><<<1, 256, 0, stream>>>(g, k, nonfinite, k + 1);
+    check_launch();
+  }
+  factor_shifted(g, k, chol, info, stream);
+  XKV_CUDA_CHECK(cublasDgemm(st.blas, CUBLAS_OP_N, CUBLAS_OP_T, int(rows), k, k, &one, x, int(rows), chol.w,
+                             chol.padded, &zero, out, int(rows)));
 }
 
 /// Eigen-decomposition of the k x k Rayleigh-Ritz matrix g (upper triangle, fp64): eigenvalues
@@ -168,6 +174,7 @@ void run_randomized(CompressorState& st, const Plan& plan, const SvdArguments<T>
   auto* energies = ws.get<double>(plan.off_energies);
   auto* info = ws.get<int>(plan.off_info);
   void* solver_ws = ws.get<char>(plan.off_solver);
+  const CholeskyWorkspace chol = CholeskyWorkspace::carve(ws.get<double>(plan.off_chol), k);
 
   gaussian_kernel<T><<<grid_for(d * k), kThreads, 0, stream>>>(v, d * k, st.seed);
   check_launch();
@@ -189,8 +196,8 @@ void run_randomized(CompressorState& st, const Plan& plan, const SvdArguments<T>
     }
     if (round < plan.power_iterations) {
       convert(z, zd, d * k, stream);
-      cholesky_qr(st, zd, d, k, g, solver_ws, plan.solver_bytes, info + slot++, stream);
-      convert(zd, v, d * k, stream);
+      cholesky_qr(st, zd, vd, d, k, g, chol, info + slot++, stream);
+      convert(vd, v, d * k, stream);
     }
   }
 
@@ -203,22 +210,21 @@ void run_randomized(CompressorState& st, const Plan& plan, const SvdArguments<T>
     symmetrize_upper_kernel<<<grid, block, 0, stream>>>(g, k);
     check_launch();
   }
-  shift_diagonal_kernel<<<1, 1024, 0, stream>>>(g, k, kCholeskyShift, kCholeskyFloor);
-  check_launch();
-  potrf_upper(st, g, k, solver_ws, plan.solver_bytes, info + slot++);
+  factor_shifted(g, k, chol, info + slot++, stream);
   const double one = 1.0, zero = 0.0;
-  XKV_CUDA_CHECK(cublasDtrsm(st.blas, CUBLAS_SIDE_RIGHT, CUBLAS_FILL_MODE_UPPER, CUBLAS_OP_N, CUBLAS_DIAG_NON_UNIT,
-                             int(d), k, &one, g, k, zd, int(d)));  // zd = Bt = X^T Q
-  XKV_CUDA_CHECK(cublasDsyrk(st.blas, CUBLAS_FILL_MODE_UPPER, CUBLAS_OP_T, k, int(d), &one, zd, int(d), &zero, g, k));
+  double* bt = vd;  // Bt = X^T Q = Z R^{-1} (d x k); V's fp64 copy is no longer needed
+  XKV_CUDA_CHECK(cublasDgemm(st.blas, CUBLAS_OP_N, CUBLAS_OP_T, int(d), k, k, &one, zd, int(d), chol.w, chol.padded,
+                             &zero, bt, int(d)));
+  XKV_CUDA_CHECK(cublasDsyrk(st.blas, CUBLAS_FILL_MODE_UPPER, CUBLAS_OP_T, k, int(d), &one, bt, int(d), &zero, g, k));
   solve_ritz(st, plan, g, mu, ws, solver_ws, info + slot++, stream);
-  flag_nonfinite_kernel<double><<<1, 256, 0, stream>>>(mu, k, info + kNonFiniteSlot);
+  flag_nonfinite_kernel<double><<<1, 256, 0, stream>>>(mu, k, info + kNonFiniteSlot, 1);
   check_launch();
   select_top_kernel<double><<<1, 256, 0, stream>>>(mu, k, r, args.singular_values, scale, energies + 1);
   check_launch();
   take_top_columns_kernel<double, double><<<grid_for(std::int64_t(k) * r), kThreads, 0, stream>>>(g, k, k, r, scale, wsc);
   check_launch();
-  double* vr = vd;  // V_r (d x r, fp64) reuses V's fp64 copy
-  dgemm(st.blas, CUBLAS_OP_N, CUBLAS_OP_N, d, r, k, zd, d, wsc, k, vr, d);
+  double* vr = zd;  // V_r (d x r, fp64) reuses Z's fp64 copy
+  dgemm(st.blas, CUBLAS_OP_N, CUBLAS_OP_N, d, r, k, bt, d, wsc, k, vr, d);
   convert(vr, vrt, d * r, stream);
   write_b_blocks_kernel<T, T><<<grid_for(d * r), kThreads, 0, stream>>>(vrt, d, r, plan.width, args.b);
   check_launch();
@@ -230,6 +236,69 @@ void run_randomized(CompressorState& st, const Plan& plan, const SvdArguments<T>
   }
   if (args.energies) {
     reduce_partials_kernel<<<1, 256, 0, stream>>>(partials, int(chunks * kSumBlocks), energies);
+    check_launch();
+    XKV_CUDA_CHECK(cudaMemcpyAsync(args.energies, energies, 2 * sizeof(double), cudaMemcpyDeviceToDevice, stream));
+  }
+}
+
+template <class T>
+void run_subspace(CompressorState& st, const Plan& plan, const SvdArguments<T>& args, const Workspace& ws,
+                  cudaStream_t stream) {
+  const auto tab = make_table(args.layers);
+  const cudaDataType dt = data_type<T>();
+  const cublasComputeType_t compute = fast_compute<T>();
+  const std::int64_t n = plan.n, d = plan.d;
+  const int r = plan.rank;
+  auto* stage = ws.get<T>(plan.off_stage);
+  auto* yc = ws.get<T>(plan.off_yc);
+  auto* z = ws.get<float>(plan.off_z);
+  auto* zd = ws.get<double>(plan.off_zd);
+  auto* vd = ws.get<double>(plan.off_vd);
+  auto* v = ws.get<T>(plan.off_v);
+  auto* g = ws.get<double>(plan.off_g);
+  auto* partials = ws.get<double>(plan.off_partials);
+  auto* energies = ws.get<double>(plan.off_energies);
+  auto* info = ws.get<int>(plan.off_info);
+  const CholeskyWorkspace chol = CholeskyWorkspace::carve(ws.get<double>(plan.off_chol), r);
+
+  gaussian_kernel<T><<<grid_for(d * r), kThreads, 0, stream>>>(v, d * r, st.seed);
+  check_launch();
+  const std::int64_t chunks = (n + plan.chunk_rows - 1) / plan.chunk_rows;
+  int slot = 0;
+  for (int round = 0; round <= plan.power_iterations; ++round) {
+    for (std::int64_t c = 0; c < chunks; ++c) {
+      const std::int64_t t0 = c * plan.chunk_rows;
+      const std::int64_t rows = std::min(plan.chunk_rows, n - t0);
+      gather(plan, tab, t0, rows, 0, d, stage, stream);
+      if (round == 0 && args.energies) {
+        sum_squares_kernel<T><<<kSumBlocks, 256, 0, stream>>>(stage, rows * d, partials + c * kSumBlocks);
+        check_launch();
+      }
+      gemm(st.blas, CUBLAS_OP_T, CUBLAS_OP_N, r, rows, d, v, dt, d, stage, dt, d, 0.0f, yc, dt, r, compute);
+      gemm(st.blas, CUBLAS_OP_N, CUBLAS_OP_T, d, r, rows, stage, dt, d, yc, dt, r, c == 0 ? 0.0f : 1.0f, z, CUDA_R_32F,
+           d, compute);
+    }
+    convert(z, zd, d * r, stream);
+    // One CholeskyQR pass leaves V^T V - I at about cond(Z)^2 * 1e-16 in fp64, far below the
+    // 16-bit rounding of B = V^T that follows, so the last basis needs no second pass.
+    cholesky_qr(st, zd, vd, d, r, g, chol, info + slot++, stream, round == 0 ? info + kNonFiniteSlot : nullptr);
+    convert(vd, v, d * r, stream);
+  }
+  // V (d x r, column-major) is both B^T and the right factor of A = X V.
+  write_b_blocks_kernel<T, T><<<grid_for(d * r), kThreads, 0, stream>>>(v, d, r, plan.width, args.b);
+  check_launch();
+  for (std::int64_t c = 0; c < chunks; ++c) {
+    const std::int64_t t0 = c * plan.chunk_rows;
+    const std::int64_t rows = std::min(plan.chunk_rows, n - t0);
+    gather(plan, tab, t0, rows, 0, d, stage, stream);
+    gemm(st.blas, CUBLAS_OP_T, CUBLAS_OP_N, r, rows, d, v, dt, d, stage, dt, d, 0.0f, args.a + t0 * r, dt, r, compute);
+  }
+  if (args.energies) {  // {||X||^2, ||A||^2 = ||X V||^2}: what the projection onto V keeps
+    reduce_partials_kernel<<<1, 256, 0, stream>>>(partials, int(chunks * kSumBlocks), energies);
+    check_launch();
+    sum_squares_kernel<T><<<kSumBlocks, 256, 0, stream>>>(args.a, n * r, partials);
+    check_launch();
+    reduce_partials_kernel<<<1, 256, 0, stream>>>(partials, kSumBlocks, energies + 1);
     check_launch();
     XKV_CUDA_CHECK(cudaMemcpyAsync(args.energies, energies, 2 * sizeof(double), cudaMemcpyDeviceToDevice, stream));
   }
@@ -276,7 +345,7 @@ int run_exact(CompressorState& st, const Plan& plan, const SvdArguments<T>& args
   XKV_CUDA_CHECK(cusolverDnXsyevd(st.solver, st.params, CUSOLVER_EIG_MODE_VECTOR, CUBLAS_FILL_MODE_UPPER, m,
                                   CUDA_R_32F, s, m, CUDA_R_32F, lambda, CUDA_R_32F, solver_ws, plan.solver_bytes,
                                   st.host_workspace.data(), st.host_workspace.size(), info));
-  flag_nonfinite_kernel<float><<<1, 256, 0, stream>>>(lambda, int(m), info + kNonFiniteSlot);
+  flag_nonfinite_kernel<float><<<1, 256, 0, stream>>>(lambda, int(m), info + kNonFiniteSlot, 1);
   check_launch();
 
   int r = plan.rank;
@@ -333,6 +402,8 @@ int run_exact(CompressorState& st, const Plan& plan, const SvdArguments<T>& args
 #define XKV_INSTANTIATE_RUNS(T)                                                                                  \
   template void run_randomized<T>(CompressorState&, const Plan&, const SvdArguments<T>&, const Workspace&,     \
                                   cudaStream_t);                                                               \
+  template void run_subspace<T>(CompressorState&, const Plan&, const SvdArguments<T>&, const Workspace&,       \
+                                cudaStream_t);                                                                 \
   template int run_exact<T>(CompressorState&, const Plan&, const SvdArguments<T>&, const Workspace&, cudaStream_t);
 XKV_INSTANTIATE_RUNS(__nv_bfloat16)
 XKV_INSTANTIATE_RUNS(__half)

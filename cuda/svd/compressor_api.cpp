@@ -104,54 +104,56 @@ Plan make_plan(CompressorState& st, const GpuCompressorOptions& opt, const SvdAr
 
   Arena arena;
   std::size_t dev = 0, host = 0;
-  if (method == GpuSvdMethod::Randomized) {
+  if (method == GpuSvdMethod::Randomized || method == GpuSvdMethod::Subspace) {
     const std::int64_t d = p.d, r = p.rank;
-    const int k = int(std::min<std::int64_t>(std::int64_t(p.rank) + opt.oversampling, p.m));
+    const bool ritz = method == GpuSvdMethod::Randomized;
+    const int k = ritz ? int(std::min<std::int64_t>(std::int64_t(p.rank) + opt.oversampling, p.m)) : p.rank;
     p.k = k;
     const std::int64_t chunks = (p.n + p.chunk_rows - 1) / p.chunk_rows;
     std::size_t pd = 0, ph = 0;
-    XKV_CUDA_CHECK(cusolverDnXpotrf_bufferSize(st.solver, st.params, CUBLAS_FILL_MODE_UPPER, k, CUDA_R_64F, nullptr, k,
-                                               CUDA_R_64F, &pd, &ph));
-    dev = pd;
-    host = ph;
-    switch (opt.ritz_solver) {
-      case RitzSolver::Syevj: {
-        int lwork = 0;
-        XKV_CUDA_CHECK(cusolverDnDsyevj_bufferSize(st.solver, CUSOLVER_EIG_MODE_VECTOR, CUBLAS_FILL_MODE_UPPER, k,
-                                                   nullptr, k, nullptr, &lwork, st.syevj));
-        dev = std::max(dev, std::size_t(lwork) * sizeof(double));
-        break;
-      }
-      case RitzSolver::SyevjFloat: {
-        int lwork = 0;
-        XKV_CUDA_CHECK(cusolverDnSsyevj_bufferSize(st.solver, CUSOLVER_EIG_MODE_VECTOR, CUBLAS_FILL_MODE_UPPER, k,
-                                                   nullptr, k, nullptr, &lwork, st.syevj));
-        dev = std::max(dev, std::size_t(lwork) * sizeof(float));
-        break;
-      }
-      case RitzSolver::Syevd:
-      case RitzSolver::SyevdFloat: {
-        const cudaDataType t = opt.ritz_solver == RitzSolver::Syevd ? CUDA_R_64F : CUDA_R_32F;
-        XKV_CUDA_CHECK(cusolverDnXsyevd_bufferSize(st.solver, st.params, CUSOLVER_EIG_MODE_VECTOR,
-                                                   CUBLAS_FILL_MODE_UPPER, k, t, nullptr, k, t, nullptr, t, &pd, &ph));
-        dev = std::max(dev, pd);
-        host = std::max(host, ph);
-        break;
+    if (ritz) {  // only the Rayleigh-Ritz eigensolver needs cuSOLVER workspace
+      switch (opt.ritz_solver) {
+        case RitzSolver::Syevj: {
+          int lwork = 0;
+          XKV_CUDA_CHECK(cusolverDnDsyevj_bufferSize(st.solver, CUSOLVER_EIG_MODE_VECTOR, CUBLAS_FILL_MODE_UPPER, k,
+                                                     nullptr, k, nullptr, &lwork, st.syevj));
+          dev = std::max(dev, std::size_t(lwork) * sizeof(double));
+          break;
+        }
+        case RitzSolver::SyevjFloat: {
+          int lwork = 0;
+          XKV_CUDA_CHECK(cusolverDnSsyevj_bufferSize(st.solver, CUSOLVER_EIG_MODE_VECTOR, CUBLAS_FILL_MODE_UPPER, k,
+                                                     nullptr, k, nullptr, &lwork, st.syevj));
+          dev = std::max(dev, std::size_t(lwork) * sizeof(float));
+          break;
+        }
+        case RitzSolver::Syevd:
+        case RitzSolver::SyevdFloat: {
+          const cudaDataType t = opt.ritz_solver == RitzSolver::Syevd ? CUDA_R_64F : CUDA_R_32F;
+          XKV_CUDA_CHECK(cusolverDnXsyevd_bufferSize(st.solver, st.params, CUSOLVER_EIG_MODE_VECTOR,
+                                                     CUBLAS_FILL_MODE_UPPER, k, t, nullptr, k, t, nullptr, t, &pd, &ph));
+          dev = std::max(dev, pd);
+          host = std::max(host, ph);
+          break;
+        }
       }
     }
+    p.off_chol = arena.take(CholeskyWorkspace::doubles(k) * sizeof(double));
     p.off_stage = arena.take(std::size_t(p.chunk_rows * d) * st_bytes);
     p.off_yc = arena.take(std::size_t(p.chunk_rows) * k * st_bytes);
     p.off_z = arena.take(std::size_t(d) * k * sizeof(float));
     p.off_zd = arena.take(std::size_t(d) * k * sizeof(double));
     p.off_vd = arena.take(std::size_t(d) * k * sizeof(double));
     p.off_v = arena.take(std::size_t(d) * k * st_bytes);
-    p.off_vrt = arena.take(std::size_t(d * r) * st_bytes);
     p.off_g = arena.take(std::size_t(k) * k * sizeof(double));
-    p.off_wsc = arena.take(std::size_t(k * r) * sizeof(double));
-    p.off_eigenvalues = arena.take(std::size_t(k) * sizeof(double));
-    p.off_scale = arena.take(std::size_t(r) * sizeof(double));
-    p.off_g32 = arena.take(std::size_t(k) * k * sizeof(float));
-    p.off_mu32 = arena.take(std::size_t(k) * sizeof(float));
+    if (ritz) {
+      p.off_vrt = arena.take(std::size_t(d * r) * st_bytes);
+      p.off_wsc = arena.take(std::size_t(k * r) * sizeof(double));
+      p.off_eigenvalues = arena.take(std::size_t(k) * sizeof(double));
+      p.off_scale = arena.take(std::size_t(r) * sizeof(double));
+      p.off_g32 = arena.take(std::size_t(k) * k * sizeof(float));
+      p.off_mu32 = arena.take(std::size_t(k) * sizeof(float));
+    }
     p.off_partials = arena.take(std::size_t(chunks) * kSumBlocks * sizeof(double));
   } else {
     std::size_t pd = 0, ph = 0;
@@ -231,7 +233,10 @@ void Compressor<T>::validate(const SvdArguments<T>& args) const {
 
 template <class T>
 GpuSvdMethod Compressor<T>::method_for(const SvdArguments<T>& args) const {
-  return args.rank == 0 ? GpuSvdMethod::Exact : options_.method;
+  if (args.rank == 0) return GpuSvdMethod::Exact;
+  // Subspace iteration has no Ritz values; singular values need the Rayleigh-Ritz problem.
+  if (options_.method == GpuSvdMethod::Subspace && args.singular_values != nullptr) return GpuSvdMethod::Randomized;
+  return options_.method;
 }
 
 template <class T>
@@ -257,6 +262,7 @@ SvdRun Compressor<T>::run(const SvdArguments<T>& args, void* workspace, std::siz
   XKV_CUDA_CHECK(cudaMemsetAsync(ws.get<double>(plan.off_energies), 0, 2 * sizeof(double), stream));
   SvdRun result{args.rank, method};
   if (method == GpuSvdMethod::Randomized) detail::run_randomized<T>(st, plan, args, ws, stream);
+  else if (method == GpuSvdMethod::Subspace) detail::run_subspace<T>(st, plan, args, ws, stream);
   else result.rank = detail::run_exact<T>(st, plan, args, ws, stream);
   XKV_CUDA_CHECK(cudaMemcpyAsync(st.pinned_info, info, detail::kInfoSlots * sizeof(int), cudaMemcpyDeviceToHost, stream));
   return result;

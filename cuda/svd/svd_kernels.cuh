@@ -207,14 +207,14 @@ __global__ void select_top_kernel(const E* __restrict__ eigenvalues, int m, int 
 }
 
 /// *flag = kNonFiniteInput if any of v[0..count) is NaN or Inf (NaN/Inf in X reach every
-/// eigenvalue through the GEMMs). One block.
+/// eigenvalue through the GEMMs). One block; `stride` 1 for a vector, k + 1 for a diagonal.
 template <class E>
-__global__ void flag_nonfinite_kernel(const E* __restrict__ v, int count, int* flag) {
+__global__ void flag_nonfinite_kernel(const E* __restrict__ v, int count, int* flag, int stride) {
   __shared__ int bad;
   if (threadIdx.x == 0) bad = 0;
   __syncthreads();
   for (int i = threadIdx.x; i < count; i += blockDim.x)
-    if (!isfinite(double(v[i]))) atomicOr(&bad, 1);
+    if (!isfinite(double(v[std::int64_t(i) * stride]))) atomicOr(&bad, 1);
   __syncthreads();
   if (threadIdx.x == 0 && bad) *flag = kNonFiniteInput;
 }

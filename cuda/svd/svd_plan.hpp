@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "xkv/cuda/check.hpp"
+#include "cholesky.hpp"
 #include "xkv/cuda/compressor.hpp"
 
 namespace xkv::cuda::detail {
@@ -79,7 +80,7 @@ struct Plan {
   std::size_t solver_bytes = 0;
   std::size_t off_stage = 0, off_yc = 0, off_z = 0, off_zd = 0, off_vd = 0, off_v = 0, off_vrt = 0, off_g = 0,
               off_wsc = 0, off_eigenvalues = 0, off_g32 = 0, off_mu32 = 0, off_scale = 0, off_partials = 0, off_energies = 0, off_info = 0,
-              off_solver = 0, off_s = 0;
+              off_solver = 0, off_s = 0, off_chol = 0;
   std::size_t total_bytes = 0;
 };
 
@@ -95,6 +96,9 @@ struct Workspace {
 template <class T>
 void run_randomized(CompressorState& st, const Plan& plan, const SvdArguments<T>& args, const Workspace& ws,
                     cudaStream_t stream);
+template <class T>
+void run_subspace(CompressorState& st, const Plan& plan, const SvdArguments<T>& args, const Workspace& ws,
+                  cudaStream_t stream);
 template <class T>
 int run_exact(CompressorState& st, const Plan& plan, const SvdArguments<T>& args, const Workspace& ws,
               cudaStream_t stream);

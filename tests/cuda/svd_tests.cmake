@@ -2,3 +2,8 @@
 xkv_add_test(xkv_test_cuda_svd
   SOURCES ${CMAKE_CURRENT_LIST_DIR}/test_svd.cpp ${CMAKE_CURRENT_LIST_DIR}/test_svd_api.cpp
   LIBS xkv::cuda xkv::xkv)
+# The one-launch Cholesky is private to cuda/svd; its test reads the private header.
+xkv_add_test(xkv_test_cuda_cholesky
+  SOURCES ${CMAKE_CURRENT_LIST_DIR}/test_cholesky.cpp
+  LIBS xkv::cuda xkv::xkv)
+target_include_directories(xkv_test_cuda_cholesky PRIVATE ${PROJECT_SOURCE_DIR}/cuda/svd)

@@ -1,0 +1,28 @@
+// Private to cuda/svd: Cholesky factor and inverse of a small SPD matrix in one cooperative
+// launch (see cholesky_kernels.cuh for the algorithm and why it is not cuSOLVER's potrf + trsm).
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstddef>
+
+namespace xkv::cuda::detail {
+
+/// Device buffers of one factorisation of a k x k matrix, carved from `base`.
+struct CholeskyWorkspace {
+  double* l = nullptr;        ///< padded x padded, column-major: the lower factor L (G = L L^T)
+  double* w = nullptr;        ///< padded x padded, column-major: L^{-1}
+  double* work = nullptr;     ///< padded x padded
+  int padded = 0;             ///< k rounded up to the 32-wide tiles: the leading dimension of l and w
+
+  /// Doubles `base` must hold for side k.
+  static std::size_t doubles(int k);
+  static CholeskyWorkspace carve(double* base, int k);
+};
+
+/// L and L^{-1} of the SPD matrix whose upper triangle `gram` holds (k x k, column-major, ld k).
+/// Asynchronous on `stream`. A pivot that is not positive (or NaN) makes *info the 1-based
+/// index of the first such pivot (*info must be 0 before); the outputs are then meaningless.
+void cholesky_inverse(const double* gram, int k, const CholeskyWorkspace& ws, int* info, cudaStream_t stream);
+
+}  // namespace xkv::cuda::detail

@@ -1,0 +1,286 @@
+// Cholesky factor and its inverse of a small SPD matrix (k up to a few thousand) in ONE
+// cooperative launch. cuSOLVER's potrf + trsm on a 576^2 problem cost ~0.8 ms, almost all of it
+// launch and synchronisation latency; here every step is a grid-wide barrier instead of a
+// kernel boundary, and the inverse turns the triangular solve into a plain GEMM.
+//
+// Blocked right-looking Cholesky on 32 x 32 fp64 tiles, matrix padded to a whole number of tiles
+// with an identity block (the leading k x k parts of L and L^{-1} are those of the unpadded matrix).
+// One grid barrier per tile column j: each CTA takes trailing tiles (i, m), j < m <= i, forms the
+// panel tiles it needs itself (L_ij = A_ij L_jj^{-T}, recomputed rather than shared: cheaper than
+// a barrier), updates A_im -= L_ij L_mj^T, and CTA 0, whose first tile is (j+1, j+1), factors and
+// inverts that diagonal tile at once in one warp (registers and shuffles), ready for step j + 1.
+// Then L^{-1} by recursive doubling of 2 x 2 block inverses
+//   [A 0; B C]^{-1} = [A^{-1} 0; -C^{-1} (B A^{-1}) C^{-1}]   (two GEMM barriers per level).
+// The tile order is fixed, so the result is bit-identical run to run.
+#pragma once
+
+#include <cooperative_groups.h>
+#include <cuda_runtime.h>
+
+#include <cmath>
+
+namespace xkv::cuda::detail {
+
+inline constexpr int kCholTile = 32;
+inline constexpr int kCholThreads = 256;
+
+struct CholeskyParams {
+  const double* gram = nullptr;  ///< k x k column-major (ld k); only the upper triangle is read
+  int k = 0;
+  int tiles = 0;         ///< padded side / kCholTile
+  double* l = nullptr;     ///< padded x padded, column-major: lower Cholesky factor (upper part zero)
+  double* w = nullptr;     ///< padded x padded, column-major: L^{-1} (upper part zero)
+  double* work = nullptr;  ///< padded x padded: the trailing matrix, then B A^{-1} products of the inverse
+  int* info = nullptr;   ///< 0, or the 1-based index of the first pivot that was not positive
+};
+
+namespace chol {
+
+using Tile = double[kCholTile][kCholTile + 1];  // +1: no bank conflicts on column walks
+constexpr int kPerThread = kCholTile * kCholTile / kCholThreads;
+
+struct TileRef {
+  const double* base;
+  int row_tile, col_tile;
+};
+
+/// Loads N tiles with all global reads in flight before the first shared-memory write.
+template <int N>
+__device__ __forceinline__ void load(Tile* const (&dst)[N], const TileRef (&src)[N], int ld) {
+  double v[N][kPerThread];
+#pragma unroll
+  for (int t = 0; t < N; ++t)
+#pragma unroll
+    for (int q = 0; q < kPerThread; ++q) {
+      const int e = threadIdx.x + q * kCholThreads, r = e % kCholTile, c = e / kCholTile;
+      v[t][q] = src[t].base[(std::size_t(src[t].row_tile) * kCholTile + r) +
+                            (std::size_t(src[t].col_tile) * kCholTile + c) * ld];
+    }
+#pragma unroll
+  for (int t = 0; t < N; ++t)
+#pragma unroll
+    for (int q = 0; q < kPerThread; ++q) {
+      const int e = threadIdx.x + q * kCholThreads;
+      (*dst[t])[e % kCholTile][e / kCholTile] = v[t][q];
+    }
+}
+
+__device__ __forceinline__ void store(const Tile& s, double* m, int ld, int row_tile, int col_tile) {
+#pragma unroll
+  for (int q = 0; q < kPerThread; ++q) {
+    const int e = threadIdx.x + q * kCholThreads, r = e % kCholTile, c = e / kCholTile;
+    m[(std::size_t(row_tile) * kCholTile + r) + (std::size_t(col_tile) * kCholTile + c) * ld] = s[r][c];
+  }
+}
+
+/// A 32 x 32 fp64 product on the fp64 tensor cores (DMMA m8n8k4). Warp w owns the 8 x 16 strip
+/// rows 8 (w % 4).., columns 16 (w / 4)..; each thread holds 4 entries: v[2 b + e] is at
+/// row(), col(2 b + e) (b: which 8 x 8 block of the strip, e: which of the thread's pair).
+struct Accumulator {
+  double v[4] = {0, 0, 0, 0};
+  __device__ __forceinline__ static int warp() { return threadIdx.x / 32; }
+  __device__ __forceinline__ static int group() { return (threadIdx.x % 32) / 4; }
+  __device__ __forceinline__ static int quad() { return threadIdx.x % 4; }
+  __device__ __forceinline__ int row(int = 0) const { return 8 * (warp() % 4) + group(); }
+  __device__ __forceinline__ int col(int s) const { return 16 * (warp() / 4) + 8 * (s / 2) + 2 * quad() + s % 2; }
+  /// += P * Q^T (transpose_q) or P * Q
+  __device__ __forceinline__ void add(const Tile& p, const Tile& q, bool transpose_q) {
+    const int r = row(), n0 = 16 * (warp() / 4) + group();
+#pragma unroll
+    for (int k0 = 0; k0 < kCholTile; k0 += 4) {
+      const double a = p[r][k0 + quad()];
+#pragma unroll
+      for (int blk = 0; blk < 2; ++blk) {
+        const int n = n0 + 8 * blk;
+        const double b = transpose_q ? q[n][k0 + quad()] : q[k0 + quad()][n];
+        asm volatile("mma.sync.aligned.m8n8k4.row.col.f64.f64.f64.f64 {%0, %1}, {%2}, {%3}, {%0, %1};"
+                     : "+d"(v[2 * blk]), "+d"(v[2 * blk + 1])
+                     : "d"(a), "d"(b));
+      }
+    }
+  }
+  __device__ __forceinline__ void write(Tile& out, double scale) const {
+#pragma unroll
+    for (int s = 0; s < 4; ++s) out[row()][col(s)] = scale * v[s];
+  }
+};
+
+/// Warp 0 only: d <- its Cholesky factor (lower, upper part zeroed), inv <- the factor's inverse.
+/// Lane i holds row i of the tile in registers; column entries move by shuffles, so the 32 steps
+/// need no block barriers. The chain is latency-bound: fp64 sqrt and division are long
+/// instruction sequences, so each pivot costs one rsqrt and everything else multiplies by it.
+/// `first_index` is the tile's first row in the matrix (for *info); `pivot_inverse` is shared
+/// scratch for the 32 values 1 / L_cc.
+__device__ __forceinline__ void factor_tile_in_warp(Tile& d, Tile& inv, double* pivot_inverse, int first_index,
+                                                    const CholeskyParams& p) {
+  const unsigned all = 0xffffffffu;
+  const int lane = threadIdx.x;
+  double row[kCholTile];
+#pragma unroll
+  for (int m = 0; m < kCholTile; ++m) row[m] = d[lane][m];
+#pragma unroll
+  for (int c = 0; c < kCholTile; ++c) {
+    double pivot = __shfl_sync(all, row[c], c);
+    if (!(pivot > 0)) {  // also NaN: flag it, carry on with 1 so every CTA still reaches each barrier
+      if (lane == 0 && first_index + c < p.k) atomicCAS(p.info, 0, first_index + c + 1);
+      pivot = 1;
+    }
+    const double scale = rsqrt(pivot);                     // 1 / L_cc
+    row[c] = lane == c ? pivot * scale : row[c] * scale;  // L_cc = pivot / sqrt(pivot); rows above: unused
+    if (lane == 0) pivot_inverse[c] = scale;
+#pragma unroll
+    for (int m = c + 1; m < kCholTile; ++m) {
+      const double l_mc = __shfl_sync(all, row[c], m);
+      if (lane >= m) row[m] = fma(-row[c], l_mc, row[m]);
+    }
+  }
+#pragma unroll
+  for (int m = 0; m < kCholTile; ++m) d[lane][m] = m > lane ? 0.0 : row[m];
+  __syncwarp();
+  // Column `lane` of the inverse by forward substitution, reading L back from shared memory (one
+  // broadcast per entry; the row registers are dead by now). Two partial sums halve the
+  // dependent FMA chain.
+  double x[kCholTile];
+#pragma unroll
+  for (int r = 0; r < kCholTile; ++r) {
+    double s0 = r == lane ? 1.0 : 0.0, s1 = 0.0;
+#pragma unroll
+    for (int m = 0; m < r; ++m) {
+      const double l_rm = d[r][m];
+      if (m % 2 == 0) s0 = fma(-l_rm, x[m], s0);
+      else s1 = fma(-l_rm, x[m], s1);
+    }
+    x[r] = (s0 + s1) * pivot_inverse[r];
+  }
+#pragma unroll
+  for (int r = 0; r < kCholTile; ++r) inv[r][lane] = r < lane ? 0.0 : x[r];
+}
+
+/// Row index i and column index m (m <= i) of the t-th tile of a lower triangle, row by row.
+__device__ __forceinline__ void lower_tile(int t, int& i, int& m) {
+  i = int((sqrt(8.0 * t + 1.0) - 1.0) / 2.0);
+  while ((i + 1) * (i + 2) / 2 <= t) ++i;
+  while (i * (i + 1) / 2 > t) --i;
+  m = t - i * (i + 1) / 2;
+}
+
+/// CTA-wide: factor the diagonal tile held in `d` (tile row/column j) and store L_jj, L_jj^{-1}.
+__device__ __forceinline__ void factor_and_store(const CholeskyParams& p, int j, Tile& d, Tile& inv) {
+  __shared__ double pivot_inverse[kCholTile];
+  __syncthreads();
+  if (threadIdx.x < kCholTile) factor_tile_in_warp(d, inv, pivot_inverse, j * kCholTile, p);
+  __syncthreads();
+  const int ld = p.tiles * kCholTile;
+  store(d, p.l, ld, j, j);
+  store(inv, p.w, ld, j, j);
+}
+
+}  // namespace chol
+
+__global__ void __launch_bounds__(kCholThreads) cholesky_inverse_kernel(CholeskyParams p) {
+  namespace cg = cooperative_groups;
+  cg::grid_group grid = cg::this_grid();
+  __shared__ chol::Tile a, b, c, inv;
+  const int nt = p.tiles, ld = nt * kCholTile;
+  const std::size_t elements = std::size_t(ld) * ld;
+
+  // work <- lower triangle of the Gram (identity beyond k); L, W <- 0.
+  for (std::size_t e = blockIdx.x * std::size_t(blockDim.x) + threadIdx.x; e < elements;
+       e += std::size_t(gridDim.x) * blockDim.x) {
+    const int r = int(e % ld), col = int(e / ld);
+    double v = 0;
+    if (r >= col) v = (r < p.k && col < p.k) ? p.gram[col + std::size_t(r) * p.k] : (r == col ? 1.0 : 0.0);
+    p.work[e] = v;
+    p.l[e] = 0;
+    p.w[e] = 0;
+  }
+  grid.sync();
+  if (blockIdx.x == 0) {
+    chol::Tile* dst[1] = {&c};
+    chol::load<1>(dst, {chol::TileRef{p.work, 0, 0}}, ld);
+    chol::factor_and_store(p, 0, c, inv);
+  }
+  grid.sync();
+
+  for (int j = 0; j + 1 < nt; ++j) {
+    const int rest = nt - j - 1, count = rest * (rest + 1) / 2;
+    for (int t = int(blockIdx.x); t < count; t += int(gridDim.x)) {
+      int i, m;
+      chol::lower_tile(t, i, m);
+      i += j + 1;
+      m += j + 1;
+      {
+        chol::Tile* dst[4] = {&a, &b, &inv, &c};
+        chol::load<4>(dst, {chol::TileRef{p.work, i, j}, chol::TileRef{p.work, m, j}, chol::TileRef{p.w, j, j},
+                            chol::TileRef{p.work, i, m}}, ld);
+      }
+      __syncthreads();
+      chol::Accumulator li, lm;  // L_ij and L_mj, rows of this thread
+      li.add(a, inv, /*transpose_q=*/true);
+      if (m != i) lm.add(b, inv, /*transpose_q=*/true);
+      __syncthreads();
+      li.write(a, 1.0);
+      if (m != i) lm.write(b, 1.0);
+      __syncthreads();
+      if (m == j + 1) chol::store(a, p.l, ld, i, j);  // each panel tile written by exactly one CTA
+      chol::Accumulator update;
+      update.add(a, m != i ? b : a, /*transpose_q=*/true);
+#pragma unroll
+      for (int s = 0; s < 4; ++s) c[update.row()][update.col(s)] -= update.v[s];
+      if (t == 0) {
+        chol::factor_and_store(p, j + 1, c, inv);  // (j+1, j+1) is final: factor it for step j + 1
+      } else {
+        __syncthreads();
+        chol::store(c, p.work, ld, i, m);
+      }
+      __syncthreads();
+    }
+    grid.sync();
+  }
+
+  // Inverse by doubling: diagonal blocks of `span` tiles are inverted; merge pairs into 2*span.
+  // For the pair starting at tile q: A = [q, q+span), C = [q+span, q+2 span) (clipped to nt).
+  // `work` (the trailing matrix, no longer needed) holds S = B A^{-1}.
+  for (int span = 1; span < nt; span *= 2) {
+    const int pairs = (nt + 2 * span - 1) / (2 * span);
+    const int per_pair = span * span;  // output tiles of a full pair (clipped ones skip)
+    // Step 1: S = B * A^{-1}, B = L[C rows, A cols]; one output tile per work item.
+    for (int t = int(blockIdx.x); t < pairs * per_pair; t += int(gridDim.x)) {
+      const int q = (t / per_pair) * 2 * span, i = q + span + (t % per_pair) / span, m = q + (t % per_pair) % span;
+      if (i >= nt) continue;  // block-uniform: no barrier skipped by part of a CTA
+      chol::Accumulator acc;
+      for (int x = m; x < q + span; ++x) {  // A^{-1} is lower: rows x >= m contribute to column m
+        chol::Tile* dst[2] = {&a, &b};
+        chol::load<2>(dst, {chol::TileRef{p.l, i, x}, chol::TileRef{p.w, x, m}}, ld);
+        __syncthreads();
+        acc.add(a, b, /*transpose_q=*/false);
+        __syncthreads();
+      }
+      acc.write(c, 1.0);
+      __syncthreads();
+      chol::store(c, p.work, ld, i, m);
+      __syncthreads();
+    }
+    grid.sync();
+    // Step 2: W[C rows, A cols] = -C^{-1} S.
+    for (int t = int(blockIdx.x); t < pairs * per_pair; t += int(gridDim.x)) {
+      const int q = (t / per_pair) * 2 * span, i = q + span + (t % per_pair) / span, m = q + (t % per_pair) % span;
+      if (i >= nt) continue;
+      chol::Accumulator acc;
+      for (int x = q + span; x <= i; ++x) {  // C^{-1} is lower: columns x <= i
+        chol::Tile* dst[2] = {&a, &b};
+        chol::load<2>(dst, {chol::TileRef{p.w, i, x}, chol::TileRef{p.work, x, m}}, ld);
+        __syncthreads();
+        acc.add(a, b, /*transpose_q=*/false);
+        __syncthreads();
+      }
+      acc.write(c, -1.0);
+      __syncthreads();
+      chol::store(c, p.w, ld, i, m);
+      __syncthreads();
+    }
+    grid.sync();
+  }
+}
+
+}  // namespace xkv::cuda::detail

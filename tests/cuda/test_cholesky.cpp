@@ -1,0 +1,102 @@
+// The one-launch Cholesky + inverse behind the GPU CholeskyQR steps (cuda/svd/cholesky.hpp):
+// backward error of L L^T, accuracy of L^{-1}, padding to whole tiles, only the upper triangle
+// read, and failed pivots reported. Skips without a CUDA device.
+#include <gtest/gtest.h>
+
+#include <Eigen/Dense>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "cholesky.hpp"
+#include "test_svd_util.hpp"
+#include "xkv/cuda/check.hpp"
+#include "xkv/cuda/device.hpp"
+
+namespace xkv::test {
+namespace {
+
+struct Factored {
+  Eigen::MatrixXd l, w;
+  int info = 0;
+};
+
+/// Uploads g as k x k column-major with its strict lower triangle poisoned (NaN), factors it on a
+/// NaN-poisoned workspace, and downloads the leading k x k parts of L and L^{-1}.
+Factored factor_on_device(const Eigen::MatrixXd& g) {
+  const int k = int(g.rows());
+  Eigen::MatrixXd upper_only = g;
+  for (int j = 0; j < k; ++j)
+    for (int i = j + 1; i < k; ++i) upper_only(i, j) = std::numeric_limits<double>::quiet_NaN();
+  cuda::DeviceBuffer<double> gram(std::size_t(k) * k), work(cuda::detail::CholeskyWorkspace::doubles(k));
+  cuda::DeviceBuffer<int> info(1);
+  XKV_CUDA_CHECK(cudaMemcpy(gram.get(), upper_only.data(), gram.bytes(), cudaMemcpyHostToDevice));
+  XKV_CUDA_CHECK(cudaMemset(work.get(), 0xff, work.bytes()));  // all-ones bytes: NaN doubles
+  XKV_CUDA_CHECK(cudaMemset(info.get(), 0, sizeof(int)));
+  const auto ws = cuda::detail::CholeskyWorkspace::carve(work.get(), k);
+  cuda::Stream stream;
+  cuda::detail::cholesky_inverse(gram.get(), k, ws, info.get(), stream.get());
+  XKV_CUDA_CHECK(cudaStreamSynchronize(stream.get()));
+  const int ld = ws.padded;
+  std::vector<double> l(std::size_t(ld) * ld), w(l.size());
+  XKV_CUDA_CHECK(cudaMemcpy(l.data(), ws.l, l.size() * sizeof(double), cudaMemcpyDeviceToHost));
+  XKV_CUDA_CHECK(cudaMemcpy(w.data(), ws.w, w.size() * sizeof(double), cudaMemcpyDeviceToHost));
+  Factored f;
+  XKV_CUDA_CHECK(cudaMemcpy(&f.info, info.get(), sizeof(int), cudaMemcpyDeviceToHost));
+  const Eigen::Map<Eigen::MatrixXd> lp(l.data(), ld, ld), wp(w.data(), ld, ld);
+  f.l = lp.topLeftCorner(k, k);
+  f.w = wp.topLeftCorner(k, k);
+  return f;
+}
+
+/// Q diag(lambda) Q^T with lambda log-spaced from 1 down to 1/condition.
+Eigen::MatrixXd spd_matrix(int k, double condition, std::uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<double> normal;
+  Eigen::MatrixXd m(k, k);
+  for (auto& v : m.reshaped()) v = normal(rng);
+  const Eigen::HouseholderQR<Eigen::MatrixXd> qr(m);
+  const Eigen::MatrixXd q = qr.householderQ();
+  Eigen::VectorXd lambda(k);
+  for (int i = 0; i < k; ++i) lambda(i) = std::pow(condition, -double(i) / std::max(1, k - 1));
+  return q * lambda.asDiagonal() * q.transpose();
+}
+
+TEST(GpuCholesky, FactorAndInverseAtAwkwardSizes) {
+  XKV_SKIP_WITHOUT_GPU();
+  for (const int k : {1, 2, 31, 32, 33, 100, 257, 576}) {
+    SCOPED_TRACE(::testing::Message() << "k=" << k << " seed=" << test_seed());
+    const double condition = 1e6;
+    const Eigen::MatrixXd g = spd_matrix(k, condition, test_seed() + std::uint64_t(k));
+    const Factored f = factor_on_device(g);
+    ASSERT_EQ(f.info, 0);
+    ASSERT_TRUE(f.l.allFinite() && f.w.allFinite());
+    EXPECT_EQ(f.l.triangularView<Eigen::StrictlyUpper>().toDenseMatrix().norm(), 0.0);
+    EXPECT_EQ(f.w.triangularView<Eigen::StrictlyUpper>().toDenseMatrix().norm(), 0.0);
+    // Backward error of Cholesky is k * eps-sized whatever the conditioning.
+    EXPECT_LE((f.l * f.l.transpose() - g).norm(), 1e-13 * k * g.norm());
+    // The inverse's residual grows with cond(L) = sqrt(condition).
+    const Eigen::MatrixXd eye = Eigen::MatrixXd::Identity(k, k);
+    EXPECT_LE((f.w * f.l - eye).norm(), 1e-14 * k * std::sqrt(condition));
+    // Against the fp64 CPU factor (unique for SPD with a positive diagonal).
+    const Eigen::MatrixXd ref = g.llt().matrixL();
+    EXPECT_LE((f.l - ref).norm(), 1e-12 * k * std::sqrt(condition) * ref.norm());
+  }
+}
+
+TEST(GpuCholesky, PivotFailuresAreReported) {
+  XKV_SKIP_WITHOUT_GPU();
+  Eigen::MatrixXd g = spd_matrix(70, 10.0, test_seed() + 1);
+  g(40, 40) = -1.0;  // not positive definite from pivot 41 on (or earlier)
+  Factored f = factor_on_device(g);
+  EXPECT_GT(f.info, 0);
+  EXPECT_LE(f.info, 41);
+  g = spd_matrix(70, 10.0, test_seed() + 2);
+  g(5, 9) = g(9, 5) = std::numeric_limits<double>::quiet_NaN();
+  f = factor_on_device(g);
+  EXPECT_GT(f.info, 0) << "NaN must be reported as a failed pivot";
+  EXPECT_LE(f.info, 10);
+}
+
+}  // namespace
+}  // namespace xkv::test
