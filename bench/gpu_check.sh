@@ -33,14 +33,15 @@ sanitize() {  # tool binary [gtest filter]
 }
 step "compute-sanitizer"
 for bin in "$build"/tests/cuda/xkv_test_cuda_reconstruct "$build"/tests/cuda/xkv_test_cuda_reconstruct_cache \
-           "$build"/tests/cuda/xkv_test_cuda_svd; do
+           "$build"/tests/cuda/xkv_test_cuda_svd "$build"/tests/cuda/xkv_test_cuda_cholesky; do
   sanitize memcheck "$bin"
 done
+sanitize racecheck "$build"/tests/cuda/xkv_test_cuda_cholesky
 sanitize racecheck "$build"/tests/cuda/xkv_test_cuda_reconstruct_cache
 sanitize racecheck "$build"/tests/cuda/xkv_test_cuda_reconstruct "-*EveryRopeOption*"
 # cuSOLVER's fp32 syevd (exact method) runs a cuBLAS syr2k kernel that racecheck flags inside the
 # library; our own kernels are covered by the randomized-method tests.
-sanitize racecheck "$build"/tests/cuda/xkv_test_cuda_svd "*Randomized*:*Awkward*:*Group*:*SameSeed*"
+sanitize racecheck "$build"/tests/cuda/xkv_test_cuda_svd "*Randomized*:*Subspace*:*Awkward*:*Group*:*SameSeed*"
 
 if [ "${1:-}" = "--bench" ]; then
   step benchmarks

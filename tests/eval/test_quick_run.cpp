@@ -49,11 +49,20 @@ TEST(XkvEvalQuick, FullRankMatchesBaselineAndTablesAreWritten) {
   const std::vector<std::string> header = split(line);
   const auto column = std::find(header.begin(), header.end(), "top1_agreement") - header.begin();
   ASSERT_LT(column, std::ptrdiff_t(header.size())) << line;
+  const auto attention = std::find(header.begin(), header.end(), "mean_attention_error") - header.begin();
+  ASSERT_LT(attention, std::ptrdiff_t(header.size())) << line;
   while (std::getline(lines, line)) {
     ++rows;
+    const std::vector<std::string> cells = split(line);
     if (line.rfind("full-rank", 0) == 0) {
       ++full_rank_rows;
-      EXPECT_EQ(split(line).at(column), "1") << line;  // every scored position agrees
+      EXPECT_EQ(cells.at(column), "1") << line;  // every scored position agrees
+      // Full rank: each layer's attention output equals the plain cache's up to fp32 rounding.
+      EXPECT_LT(std::stod(cells.at(attention)), 1e-3) << line;
+    } else if (line.find("@") != std::string::npos) {
+      // Compressed: a real, finite error (a metric stuck at zero could not fail).
+      const double e = std::stod(cells.at(attention));
+      EXPECT_TRUE(e > 1e-3 && e < 10) << line;
     }
   }
   EXPECT_EQ(full_rank_rows, 2);
