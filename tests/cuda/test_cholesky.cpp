@@ -30,11 +30,13 @@ Factored factor_on_device(const Eigen::MatrixXd& g) {
     for (int i = j + 1; i < k; ++i) upper_only(i, j) = std::numeric_limits<double>::quiet_NaN();
   cuda::DeviceBuffer<double> gram(std::size_t(k) * k), work(cuda::detail::CholeskyWorkspace::doubles(k));
   cuda::DeviceBuffer<int> info(1);
-  XKV_CUDA_CHECK(cudaMemcpy(gram.get(), upper_only.data(), gram.bytes(), cudaMemcpyHostToDevice));
-  XKV_CUDA_CHECK(cudaMemset(work.get(), 0xff, work.bytes()));  // all-ones bytes: NaN doubles
-  XKV_CUDA_CHECK(cudaMemset(info.get(), 0, sizeof(int)));
-  const auto ws = cuda::detail::CholeskyWorkspace::carve(work.get(), k);
+  // Everything on the kernel's stream: a non-blocking stream does not wait for legacy-stream
+  // copies and memsets, so mixing them would race the poison against the kernel.
   cuda::Stream stream;
+  XKV_CUDA_CHECK(cudaMemcpyAsync(gram.get(), upper_only.data(), gram.bytes(), cudaMemcpyHostToDevice, stream.get()));
+  XKV_CUDA_CHECK(cudaMemsetAsync(work.get(), 0xff, work.bytes(), stream.get()));  // all-ones bytes: NaN doubles
+  XKV_CUDA_CHECK(cudaMemsetAsync(info.get(), 0, sizeof(int), stream.get()));
+  const auto ws = cuda::detail::CholeskyWorkspace::carve(work.get(), k);
   cuda::detail::cholesky_inverse(gram.get(), k, ws, info.get(), stream.get());
   XKV_CUDA_CHECK(cudaStreamSynchronize(stream.get()));
   const int ld = ws.padded;

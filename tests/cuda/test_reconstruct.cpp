@@ -60,6 +60,7 @@ template <class V>
 DeviceBuffer<V> upload(const std::vector<V>& host) {
   DeviceBuffer<V> d(std::max<std::size_t>(host.size(), 1));
   if (!host.empty()) XKV_CUDA_CHECK(cudaMemcpy(d.get(), host.data(), host.size() * sizeof(V), cudaMemcpyHostToDevice));
+  XKV_CUDA_CHECK(cudaDeviceSynchronize());  // legacy-stream memset/copy done before any run stream reads
   return d;
 }
 template <class V>
@@ -166,6 +167,7 @@ double run_case_on(const Case& c, xkv::cuda::KernelPath path, std::uint64_t salt
                                                    : std::size_t(pool_pages * c.page_size * width);
   DeviceBuffer<std::uint16_t> out_d(out_elems);
   XKV_CUDA_CHECK(cudaMemset(out_d.get(), 0xFF, out_d.bytes()));
+  XKV_CUDA_CHECK(cudaDeviceSynchronize());  // legacy-stream memset/copy done before any run stream reads
   const DeviceBuffer<std::int32_t> table_d = upload(page_table);
 
   OutputSpec spec;
@@ -224,6 +226,7 @@ double run_case_on(const Case& c, xkv::cuda::KernelPath path, std::uint64_t salt
   p.output_row_offset = c.row_offset;
   DeviceBuffer<int> flag_d(1);
   XKV_CUDA_CHECK(cudaMemset(flag_d.get(), 0, sizeof(int)));
+  XKV_CUDA_CHECK(cudaDeviceSynchronize());  // legacy-stream memset/copy done before any run stream reads
   p.error_flag = flag_d.get();
   const xkv::cuda::Reconstruct op(p);
   if (!c.copy && tokens > 0) {
@@ -534,12 +537,14 @@ TEST(CudaReconstruct, BadDeviceArraysGiveNaNOrSkipAndFlag) {
   const DeviceBuffer<std::int64_t> idx_d = upload(indices), rows_d = upload(rows);
   DeviceBuffer<int> flag(1);
   XKV_CUDA_CHECK(cudaMemset(flag.get(), 0, sizeof(int)));
+  XKV_CUDA_CHECK(cudaDeviceSynchronize());  // legacy-stream memset/copy done before any run stream reads
   std::vector<std::pair<bool, xkv::cuda::KernelPath>> runs = {{false, xkv::cuda::KernelPath::MmaSync},
                                                                 {true, xkv::cuda::KernelPath::MmaSync}};
   if (xkv::cuda::detail::have_sm90_kernels() && device_is_sm90()) runs.push_back({false, xkv::cuda::KernelPath::Wgmma});
   const std::int64_t ldbt = rank;
   DeviceBuffer<std::uint16_t> bt(std::size_t(heads) * d * ldbt);
   XKV_CUDA_CHECK(cudaMemset(bt.get(), 0, bt.bytes()));
+  XKV_CUDA_CHECK(cudaDeviceSynchronize());  // legacy-stream memset/copy done before any run stream reads
   for (const auto& [copy, path] : runs) {
     ReconstructParams p;
     p.bt = copy ? nullptr : bt.get();
@@ -572,6 +577,7 @@ TEST(CudaReconstruct, BadDeviceArraysGiveNaNOrSkipAndFlag) {
     }
     XKV_CUDA_CHECK(cudaMemset(out.get(), 0, out.bytes()));
     XKV_CUDA_CHECK(cudaMemset(flag.get(), 0, sizeof(int)));
+    XKV_CUDA_CHECK(cudaDeviceSynchronize());  // legacy-stream memset/copy done before any run stream reads
   }
 }
 

@@ -90,6 +90,7 @@ void check_layer(const xkv::CompressedCache<T>& cache, const xkv::cuda::DeviceCa
   const std::size_t elems = layout == 2 ? std::size_t(pool * page_size * width) : std::size_t(count * width);
   DeviceBuffer<T> out(elems);
   XKV_CUDA_CHECK(cudaMemset(out.get(), 0xFF, out.bytes()));
+  XKV_CUDA_CHECK(cudaDeviceSynchronize());  // legacy-stream memset/copy done before any run stream reads
   OutputSpec spec = layout == 0   ? OutputSpec::token_major(out.get(), count, heads, d)
                     : layout == 1 ? OutputSpec::head_major(out.get(), heads, count, d)
                                   : OutputSpec::paged_pool(out.get(), pool, page_size, heads, d,

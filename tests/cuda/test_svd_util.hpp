@@ -110,6 +110,7 @@ DeviceGroup<T> upload(const Eigen::MatrixXd& x, int layers, int heads, int head_
         }
     g.buffers.emplace_back(elems);
     XKV_CUDA_CHECK(cudaMemcpy(g.buffers.back().get(), host.data(), elems * sizeof(T), cudaMemcpyHostToDevice));
+    XKV_CUDA_CHECK(cudaDeviceSynchronize());  // legacy-stream memsets/copies vs the non-blocking run stream
     v.data = g.buffers.back().get();
     g.views.push_back(v);
   }
@@ -129,6 +130,7 @@ struct DeviceFactors {
     XKV_CUDA_CHECK(cudaMemset(b.get(), 0xFF, b.bytes()));
     XKV_CUDA_CHECK(cudaMemset(sv.get(), 0xFF, sv.bytes()));
     XKV_CUDA_CHECK(cudaMemset(energies.get(), 0xFF, energies.bytes()));
+    XKV_CUDA_CHECK(cudaDeviceSynchronize());  // legacy-stream memsets/copies vs the non-blocking run stream
   }
   template <class U>
   static std::vector<U> fetch(const cuda::DeviceBuffer<U>& buf, std::size_t count) {
