@@ -3,9 +3,7 @@
 #pragma once
 
 #include <Eigen/Core>
-#include <concepts>
 #include <cstdint>
-#include <optional>
 #include <span>
 #include <vector>
 
@@ -52,26 +50,5 @@ double relative_error(const RowMatrix& a, const RowMatrix& reference);
 /// both with the queries `recorded`. Both caches must hold first_position + rows tokens.
 std::vector<double> layer_attention_errors(const QueryRecorder& recorded, model::KvCache& reference,
                                            model::KvCache& candidate);
-
-/// True when LlamaModel::forward takes a ForwardObserver* as its fourth argument.
-template <class Model>
-concept ObservableForward = requires(const Model& m, std::span<const std::int32_t> t, model::KvCache& c,
-                                     model::ForwardObserver* o) {
-  { m.forward(t, c, model::Logits::All, o) } -> std::convertible_to<RowMatrix>;
-};
-inline constexpr bool kForwardObserverWired = ObservableForward<model::LlamaModel>;
-
-/// forward(tokens, cache, which) reporting queries to `observer`, or std::nullopt (nothing run)
-/// when this build's LlamaModel::forward has no observer parameter.
-template <class Model>
-std::optional<RowMatrix> forward_observed(const Model& model, std::span<const std::int32_t> tokens,
-                                          model::KvCache& cache, model::Logits which, model::ForwardObserver& observer) {
-  if constexpr (ObservableForward<Model>) {
-    return model.forward(tokens, cache, which, &observer);
-  } else {
-    (void)model, (void)tokens, (void)cache, (void)which, (void)observer;
-    return std::nullopt;
-  }
-}
 
 }  // namespace xkv::eval

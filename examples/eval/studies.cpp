@@ -167,7 +167,6 @@ AccuracyResults run_accuracy_study(const model::LlamaModel& model, const std::ve
               "accuracy study: the text has " << text_tokens.size() << " tokens, " << options.windows
                                               << " windows of " << window << " need " << window * options.windows);
   AccuracyResults results;
-  results.attention_error_available = kForwardObserverWired;
   std::vector<AccuracyRow> rows(methods.size());
   std::vector<double> nll_sum(methods.size(), 0), agree(methods.size(), 0), ratio_sum(methods.size(), 0),
       stream_sum(methods.size(), 0);
@@ -182,12 +181,7 @@ AccuracyResults run_accuracy_study(const model::LlamaModel& model, const std::ve
     model.forward(prefix, prefilled, model::Logits::None);
     model::PlainKvCache baseline = prefilled;
     QueryRecorder queries;
-    model::RowMatrix base_logits;
-    if (auto observed = forward_observed(model, inputs, baseline, model::Logits::All, queries)) {
-      base_logits = std::move(*observed);
-    } else {
-      base_logits = model.forward(inputs, baseline, model::Logits::All);
-    }
+    const model::RowMatrix base_logits = model.forward(inputs, baseline, model::Logits::All, &queries);
     const double base_nll = mean_nll_of_logits(base_logits, targets);
     base_nll_sum += base_nll * m;
     const std::vector<std::int32_t> base_top = row_argmax(base_logits);
@@ -213,7 +207,7 @@ AccuracyResults run_accuracy_study(const model::LlamaModel& model, const std::ve
       row.compress_seconds += prep.seconds;
       nll_sum[i] += nll * m;
       agree[i] += double(same);
-      if (results.attention_error_available) {
+      {
         // Same queries, same tail: a fresh compressed prefix plus the baseline's own scored tokens,
         // so the error is the cache's alone, not the drift of earlier layers.
         PreparedCache probe = prepare_cache(methods[i], prefilled);
@@ -251,19 +245,16 @@ AccuracyResults run_accuracy_study(const model::LlamaModel& model, const std::ve
     row.perplexity = std::exp(row.nll);
     row.perplexity_increase_pct = 100 * (row.perplexity / results.baseline_perplexity - 1);
     row.top1_agreement = agree[i] / positions;
-    if (!attn_layers[i].empty()) {
-      row.mean_attention_error = 0;
-      for (std::size_t l = 0; l < attn_layers[i].size(); ++l) {
-        row.mean_attention_error += attn_layers[i][l] / attn_layers[i].size();
-        attn.row({row.method.label(), row.prefix_ratio, (long long)l, attn_layers[i][l]});
-      }
+    for (std::size_t l = 0; l < attn_layers[i].size(); ++l) {
+      row.mean_attention_error += attn_layers[i][l] / attn_layers[i].size();
+      attn.row({row.method.label(), row.prefix_ratio, (long long)l, attn_layers[i][l]});
     }
     const bool ratio_kind = row.method.kind != MethodKind::MiniCache && row.method.kind != MethodKind::FullRank;
     csv.row({row.method.label(), row.method.name, (long long)row.method.group_size,
              ratio_kind ? row.method.target_ratio : std::nan(""), row.prefix_ratio, row.stream_ratio,
              (long long)row.key_rank, (long long)row.value_rank, row.retained_fraction, row.nll, row.perplexity,
              results.baseline_perplexity, row.perplexity_increase_pct, row.top1_agreement,
-             row.mean_attention_error < 0 ? std::nan("") : row.mean_attention_error, row.compress_seconds,
+             row.mean_attention_error, row.compress_seconds,
              (long long)results.scored_positions});
   }
   results.rows = std::move(rows);

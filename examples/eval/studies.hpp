@@ -64,14 +64,13 @@ struct AccuracyRow {
   double retained_fraction = 0;
   double nll = 0, perplexity = 0, perplexity_increase_pct = 0;
   double top1_agreement = 0;  ///< fraction of scored positions where argmax equals the baseline's
-  double mean_attention_error = -1;  ///< over layers; -1 when unavailable
+  double mean_attention_error = 0;  ///< relative attention-output error, mean over layers
   double compress_seconds = 0;
 };
 
 struct AccuracyResults {
   double baseline_nll = 0, baseline_perplexity = 0;
   std::int64_t scored_positions = 0;
-  bool attention_error_available = false;
   std::vector<AccuracyRow> rows;
 };
 

@@ -97,26 +97,5 @@ TEST(LayerAttentionErrors, ZeroForIdenticalCachesPositiveOtherwise) {
   EXPECT_THROW((void)layer_attention_errors(empty, a, b), xkv::Error);
 }
 
-TEST(ForwardObserver, DetectionMatchesTheModelSignature) {
-  // Until LlamaModel::forward takes a ForwardObserver*, the eval must report the metric as
-  // unavailable; forward_observed then runs nothing and says so.
-  struct WithObserver {
-    RowMatrix forward(std::span<const std::int32_t>, model::KvCache&, model::Logits, model::ForwardObserver* o) const {
-      if (o) o->on_attention_queries(0, 0, nullptr, 0, 1, 1);
-      return RowMatrix::Zero(1, 1);
-    }
-  };
-  struct WithoutObserver {
-    RowMatrix forward(std::span<const std::int32_t>, model::KvCache&, model::Logits) const { return {}; }
-  };
-  static_assert(ObservableForward<WithObserver>);
-  static_assert(!ObservableForward<WithoutObserver>);
-  model::PlainKvCache cache(ModelShape{1, 1, 2, 0}, RopeConfig{});
-  QueryRecorder recorder;
-  const std::vector<std::int32_t> tokens = {1};
-  EXPECT_TRUE(forward_observed(WithObserver{}, tokens, cache, model::Logits::All, recorder).has_value());
-  EXPECT_FALSE(forward_observed(WithoutObserver{}, tokens, cache, model::Logits::All, recorder).has_value());
-}
-
 }  // namespace
 }  // namespace xkv::eval
