@@ -48,14 +48,26 @@ LayerTable<T> make_table(std::span<const KVView<T>> layers) {
   return tab;
 }
 
+/// Stages X[t0 : t0+rows, c0 : c0+cols] into dst (row-major). With energy_partials, also writes
+/// kSumBlocks partial sums of squares of the staged values there (fixed grid: deterministic).
 template <class T>
 void gather(const Plan& plan, const LayerTable<T>& tab, std::int64_t t0, std::int64_t rows, std::int64_t c0,
-            std::int64_t cols, T* dst, cudaStream_t stream) {
+            std::int64_t cols, T* dst, cudaStream_t stream, double* energy_partials = nullptr) {
   constexpr int kVec = int(16 / sizeof(T));
   const bool vec = plan.vector_loads && c0 % kVec == 0 && cols % kVec == 0;
   const std::int64_t items = rows * (vec ? cols / kVec : cols);
-  if (vec) gather_chunk_kernel<T, kVec><<<grid_for(items), kThreads, 0, stream>>>(tab, t0, rows, c0, cols, dst);
-  else gather_chunk_kernel<T, 1><<<grid_for(items), kThreads, 0, stream>>>(tab, t0, rows, c0, cols, dst);
+  if (energy_partials) {
+    if (vec)
+      gather_chunk_kernel<T, kVec, true><<<kSumBlocks, kThreads, 0, stream>>>(tab, t0, rows, c0, cols, dst,
+                                                                               energy_partials);
+    else
+      gather_chunk_kernel<T, 1, true><<<kSumBlocks, kThreads, 0, stream>>>(tab, t0, rows, c0, cols, dst,
+                                                                          energy_partials);
+  } else if (vec) {
+    gather_chunk_kernel<T, kVec><<<grid_for(items), kThreads, 0, stream>>>(tab, t0, rows, c0, cols, dst);
+  } else {
+    gather_chunk_kernel<T, 1><<<grid_for(items), kThreads, 0, stream>>>(tab, t0, rows, c0, cols, dst);
+  }
   check_launch();
 }
 
@@ -149,15 +161,55 @@ void solve_ritz(CompressorState& st, const Plan& plan, double* g, double* mu, co
   }
 }
 
+/// One sketch pass over X: Z (d x k, fp32) = X^T (X V), chunk by chunk: Y_c = X_c V (in T),
+/// Z += X_c^T Y_c. With energy_partials, the staging also sums ||X_c||^2 (kSumBlocks per chunk).
+template <class T>
+void sketch_pass(CompressorState& st, const Plan& plan, const LayerTable<T>& tab, const T* v, int k, T* stage, T* yc,
+                 float* z, double* energy_partials, cudaStream_t stream) {
+  const cudaDataType dt = data_type<T>();
+  const cublasComputeType_t compute = fast_compute<T>();
+  const std::int64_t n = plan.n, d = plan.d;
+  const std::int64_t chunks = (n + plan.chunk_rows - 1) / plan.chunk_rows;
+  for (std::int64_t c = 0; c < chunks; ++c) {
+    const std::int64_t t0 = c * plan.chunk_rows;
+    const std::int64_t rows = std::min(plan.chunk_rows, n - t0);
+    gather(plan, tab, t0, rows, 0, d, stage, stream, energy_partials ? energy_partials + c * kSumBlocks : nullptr);
+    // Y_c (k x rows) = V^T X_c^T ; Z (d x k) += X_c^T Y_c^T in column-major terms.
+    gemm(st.blas, CUBLAS_OP_T, CUBLAS_OP_N, k, rows, d, v, dt, d, stage, dt, d, 0.0f, yc, dt, k, compute);
+    gemm(st.blas, CUBLAS_OP_N, CUBLAS_OP_T, d, k, rows, stage, dt, d, yc, dt, k, c == 0 ? 0.0f : 1.0f, z, CUDA_R_32F,
+         d, compute);
+  }
+}
+
+/// A (n x r, row-major) = X V with V (d x r, column-major), chunk by chunk.
+template <class T>
+void project_rows(CompressorState& st, const Plan& plan, const LayerTable<T>& tab, const T* v, int r, T* stage, T* a,
+                  cudaStream_t stream) {
+  const std::int64_t n = plan.n, d = plan.d;
+  const std::int64_t chunks = (n + plan.chunk_rows - 1) / plan.chunk_rows;
+  for (std::int64_t c = 0; c < chunks; ++c) {
+    const std::int64_t t0 = c * plan.chunk_rows;
+    const std::int64_t rows = std::min(plan.chunk_rows, n - t0);
+    gather(plan, tab, t0, rows, 0, d, stage, stream);
+    gemm(st.blas, CUBLAS_OP_T, CUBLAS_OP_N, r, rows, d, v, data_type<T>(), d, stage, data_type<T>(), d, 0.0f,
+         a + t0 * r, data_type<T>(), r, fast_compute<T>());
+  }
+}
+
+/// energies[0] = sum of the chunks' partial sums of ||X||^2.
+void reduce_input_energy(const Plan& plan, const double* partials, double* energies, cudaStream_t stream) {
+  const std::int64_t chunks = (plan.n + plan.chunk_rows - 1) / plan.chunk_rows;
+  reduce_partials_kernel<<<1, 256, 0, stream>>>(partials, int(chunks * kSumBlocks), energies);
+  check_launch();
+}
+
 }  // namespace
 
 template <class T>
 void run_randomized(CompressorState& st, const Plan& plan, const SvdArguments<T>& args, const Workspace& ws,
                     cudaStream_t stream) {
   const auto tab = make_table(args.layers);
-  const cudaDataType dt = data_type<T>();
-  const cublasComputeType_t compute = fast_compute<T>();
-  const std::int64_t n = plan.n, d = plan.d;
+  const std::int64_t d = plan.d;
   const int k = plan.k, r = plan.rank;
   auto* stage = ws.get<T>(plan.off_stage);
   auto* yc = ws.get<T>(plan.off_yc);
@@ -178,22 +230,9 @@ void run_randomized(CompressorState& st, const Plan& plan, const SvdArguments<T>
 
   gaussian_kernel<T><<<grid_for(d * k), kThreads, 0, stream>>>(v, d * k, st.seed);
   check_launch();
-  const std::int64_t chunks = (n + plan.chunk_rows - 1) / plan.chunk_rows;
   int slot = 0;
   for (int round = 0; round <= plan.power_iterations; ++round) {
-    for (std::int64_t c = 0; c < chunks; ++c) {
-      const std::int64_t t0 = c * plan.chunk_rows;
-      const std::int64_t rows = std::min(plan.chunk_rows, n - t0);
-      gather(plan, tab, t0, rows, 0, d, stage, stream);
-      if (round == 0 && args.energies) {
-        sum_squares_kernel<T><<<kSumBlocks, 256, 0, stream>>>(stage, rows * d, partials + c * kSumBlocks);
-        check_launch();
-      }
-      // Y_c (k x rows) = V^T X_c^T ; Z (d x k) += X_c^T Y_c^T in column-major terms.
-      gemm(st.blas, CUBLAS_OP_T, CUBLAS_OP_N, k, rows, d, v, dt, d, stage, dt, d, 0.0f, yc, dt, k, compute);
-      gemm(st.blas, CUBLAS_OP_N, CUBLAS_OP_T, d, k, rows, stage, dt, d, yc, dt, k, c == 0 ? 0.0f : 1.0f, z, CUDA_R_32F,
-           d, compute);
-    }
+    sketch_pass(st, plan, tab, v, k, stage, yc, z, round == 0 && args.energies ? partials : nullptr, stream);
     if (round < plan.power_iterations) {
       convert(z, zd, d * k, stream);
       cholesky_qr(st, zd, vd, d, k, g, chol, info + slot++, stream);
@@ -228,15 +267,9 @@ void run_randomized(CompressorState& st, const Plan& plan, const SvdArguments<T>
   convert(vr, vrt, d * r, stream);
   write_b_blocks_kernel<T, T><<<grid_for(d * r), kThreads, 0, stream>>>(vrt, d, r, plan.width, args.b);
   check_launch();
-  for (std::int64_t c = 0; c < chunks; ++c) {
-    const std::int64_t t0 = c * plan.chunk_rows;
-    const std::int64_t rows = std::min(plan.chunk_rows, n - t0);
-    gather(plan, tab, t0, rows, 0, d, stage, stream);
-    gemm(st.blas, CUBLAS_OP_T, CUBLAS_OP_N, r, rows, d, vrt, dt, d, stage, dt, d, 0.0f, args.a + t0 * r, dt, r, compute);
-  }
+  project_rows(st, plan, tab, vrt, r, stage, args.a, stream);
   if (args.energies) {
-    reduce_partials_kernel<<<1, 256, 0, stream>>>(partials, int(chunks * kSumBlocks), energies);
-    check_launch();
+    reduce_input_energy(plan, partials, energies, stream);
     XKV_CUDA_CHECK(cudaMemcpyAsync(args.energies, energies, 2 * sizeof(double), cudaMemcpyDeviceToDevice, stream));
   }
 }
@@ -245,8 +278,6 @@ template <class T>
 void run_subspace(CompressorState& st, const Plan& plan, const SvdArguments<T>& args, const Workspace& ws,
                   cudaStream_t stream) {
   const auto tab = make_table(args.layers);
-  const cudaDataType dt = data_type<T>();
-  const cublasComputeType_t compute = fast_compute<T>();
   const std::int64_t n = plan.n, d = plan.d;
   const int r = plan.rank;
   auto* stage = ws.get<T>(plan.off_stage);
@@ -263,21 +294,9 @@ void run_subspace(CompressorState& st, const Plan& plan, const SvdArguments<T>& 
 
   gaussian_kernel<T><<<grid_for(d * r), kThreads, 0, stream>>>(v, d * r, st.seed);
   check_launch();
-  const std::int64_t chunks = (n + plan.chunk_rows - 1) / plan.chunk_rows;
   int slot = 0;
   for (int round = 0; round <= plan.power_iterations; ++round) {
-    for (std::int64_t c = 0; c < chunks; ++c) {
-      const std::int64_t t0 = c * plan.chunk_rows;
-      const std::int64_t rows = std::min(plan.chunk_rows, n - t0);
-      gather(plan, tab, t0, rows, 0, d, stage, stream);
-      if (round == 0 && args.energies) {
-        sum_squares_kernel<T><<<kSumBlocks, 256, 0, stream>>>(stage, rows * d, partials + c * kSumBlocks);
-        check_launch();
-      }
-      gemm(st.blas, CUBLAS_OP_T, CUBLAS_OP_N, r, rows, d, v, dt, d, stage, dt, d, 0.0f, yc, dt, r, compute);
-      gemm(st.blas, CUBLAS_OP_N, CUBLAS_OP_T, d, r, rows, stage, dt, d, yc, dt, r, c == 0 ? 0.0f : 1.0f, z, CUDA_R_32F,
-           d, compute);
-    }
+    sketch_pass(st, plan, tab, v, r, stage, yc, z, round == 0 && args.energies ? partials : nullptr, stream);
     convert(z, zd, d * r, stream);
     // One CholeskyQR pass leaves V^T V - I at about cond(Z)^2 * 1e-16 in fp64, far below the
     // 16-bit rounding of B = V^T that follows, so the last basis needs no second pass.
@@ -287,15 +306,9 @@ void run_subspace(CompressorState& st, const Plan& plan, const SvdArguments<T>& 
   // V (d x r, column-major) is both B^T and the right factor of A = X V.
   write_b_blocks_kernel<T, T><<<grid_for(d * r), kThreads, 0, stream>>>(v, d, r, plan.width, args.b);
   check_launch();
-  for (std::int64_t c = 0; c < chunks; ++c) {
-    const std::int64_t t0 = c * plan.chunk_rows;
-    const std::int64_t rows = std::min(plan.chunk_rows, n - t0);
-    gather(plan, tab, t0, rows, 0, d, stage, stream);
-    gemm(st.blas, CUBLAS_OP_T, CUBLAS_OP_N, r, rows, d, v, dt, d, stage, dt, d, 0.0f, args.a + t0 * r, dt, r, compute);
-  }
+  project_rows(st, plan, tab, v, r, stage, args.a, stream);
   if (args.energies) {  // {||X||^2, ||A||^2 = ||X V||^2}: what the projection onto V keeps
-    reduce_partials_kernel<<<1, 256, 0, stream>>>(partials, int(chunks * kSumBlocks), energies);
-    check_launch();
+    reduce_input_energy(plan, partials, energies, stream);
     sum_squares_kernel<T><<<kSumBlocks, 256, 0, stream>>>(args.a, n * r, partials);
     check_launch();
     reduce_partials_kernel<<<1, 256, 0, stream>>>(partials, kSumBlocks, energies + 1);

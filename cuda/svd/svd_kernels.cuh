@@ -51,15 +51,32 @@ __device__ __forceinline__ T from_f64(double v) {
   else return __double2bfloat16(v);
 }
 
+/// Sum of squares of a block's values into partial[blockIdx.x], in a fixed order. 256 threads.
+__device__ __forceinline__ void block_sum_to(double s, double* __restrict__ partial) {
+  __shared__ double red[256];
+  red[threadIdx.x] = s;
+  __syncthreads();
+  for (int w = 128; w > 0; w /= 2) {
+    if (int(threadIdx.x) < w) red[threadIdx.x] += red[threadIdx.x + w];
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) partial[blockIdx.x] = red[0];
+}
+
 /// dst (row-major [rows x cols], contiguous) = X[t0 : t0+rows, c0 : c0+cols], where column c of X
 /// is element (c % head_dim) of head (c / head_dim) % heads of layer c / (heads*head_dim).
 /// VEC elements move per thread; the host picks VEC > 1 only when every address is aligned.
-template <class T, int VEC>
-__global__ void gather_chunk_kernel(LayerTable<T> tab, std::int64_t t0, std::int64_t rows, std::int64_t c0,
-                                    std::int64_t cols, T* __restrict__ dst) {
+/// With ENERGY the kernel also writes this block's sum of squares to partial[blockIdx.x] (it
+/// reads every element anyway; a separate pass over the chunk would cost as much as the copy).
+/// The sum depends only on the grid size, so a fixed grid gives bit-identical energies.
+template <class T, int VEC, bool ENERGY = false>
+__global__ void __launch_bounds__(256) gather_chunk_kernel(LayerTable<T> tab, std::int64_t t0, std::int64_t rows,
+                                                           std::int64_t c0, std::int64_t cols, T* __restrict__ dst,
+                                                           double* __restrict__ partial = nullptr) {
   const std::int64_t vec_cols = cols / VEC;
   const std::int64_t total = rows * vec_cols;
   const int width = tab.heads * tab.head_dim;
+  double energy = 0;
   for (std::int64_t idx = blockIdx.x * std::int64_t(blockDim.x) + threadIdx.x; idx < total;
        idx += std::int64_t(gridDim.x) * blockDim.x) {
     const std::int64_t row = idx / vec_cols;
@@ -71,12 +88,23 @@ __global__ void gather_chunk_kernel(LayerTable<T> tab, std::int64_t t0, std::int
     const int i = within - head * tab.head_dim;
     const T* src = tab.data[layer] + (t0 + row) * tab.token_stride[layer] + head * tab.head_stride[layer] + i;
     T* out = dst + row * cols + col;
+    T vals[VEC];
     if constexpr (VEC * sizeof(T) == 16) {
-      *reinterpret_cast<uint4*>(out) = __ldg(reinterpret_cast<const uint4*>(src));
+      const uint4 raw = __ldg(reinterpret_cast<const uint4*>(src));
+      *reinterpret_cast<uint4*>(out) = raw;
+      memcpy(vals, &raw, sizeof(raw));
     } else {
-      for (int v = 0; v < VEC; ++v) out[v] = src[v];
+      for (int v = 0; v < VEC; ++v) out[v] = vals[v] = src[v];
+    }
+    if constexpr (ENERGY) {
+#pragma unroll
+      for (int v = 0; v < VEC; ++v) {  // fp64 squares are exact: ||X||^2 - ||A||^2 cancels badly
+        const double x = to_f32(vals[v]);
+        energy = fma(x, x, energy);
+      }
     }
   }
+  if constexpr (ENERGY) block_sum_to(energy, partial);
 }
 
 __device__ __forceinline__ std::uint64_t splitmix64(std::uint64_t x) {
@@ -135,21 +163,15 @@ __global__ void shift_diagonal_kernel(double* g, int k, double rel, double floor
 /// Per-block partial sums of squares of count elements into partial[blockIdx.x] (fixed order, so
 /// the total is deterministic). blockDim.x must be 256.
 template <class T>
-__global__ void sum_squares_kernel(const T* __restrict__ x, std::int64_t count, double* __restrict__ partial) {
-  __shared__ double red[256];
+__global__ void __launch_bounds__(256) sum_squares_kernel(const T* __restrict__ x, std::int64_t count,
+                                                           double* __restrict__ partial) {
   double s = 0;
   for (std::int64_t i = blockIdx.x * std::int64_t(blockDim.x) + threadIdx.x; i < count;
        i += std::int64_t(gridDim.x) * blockDim.x) {
     const double v = to_f32(x[i]);
     s += v * v;
   }
-  red[threadIdx.x] = s;
-  __syncthreads();
-  for (int w = 128; w > 0; w /= 2) {
-    if (int(threadIdx.x) < w) red[threadIdx.x] += red[threadIdx.x + w];
-    __syncthreads();
-  }
-  if (threadIdx.x == 0) partial[blockIdx.x] = red[0];
+  block_sum_to(s, partial);
 }
 
 /// out[0] = sum of partial[0..count) in a fixed order. One block of 256.

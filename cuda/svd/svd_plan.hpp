@@ -24,7 +24,7 @@ inline constexpr int kNonFiniteSlot = kInfoSlots - 1;
 inline constexpr int kNonFiniteInput = -1000;  ///< status word: X held NaN or Inf
 /// q Cholesky words + Rayleigh-Ritz Cholesky + eigensolver must fit below kNonFiniteSlot.
 inline constexpr int kMaxPowerIterations = kNonFiniteSlot - 2;
-inline constexpr int kSumBlocks = 256;  ///< partial sums per staged chunk (energy)
+inline constexpr int kSumBlocks = 1024;  ///< partial sums per staged chunk (energy): one wave of 256-thread blocks
 
 /// cuBLAS / cuSOLVER handles and host-side buffers; one per Compressor.
 struct CompressorState {
