@@ -48,6 +48,7 @@ CompressedCache<T> CompressedCache<T>::build(const ModelShape& shape, const Cach
                                                                       << " layers");
   const std::int64_t n = keys[0].tokens;
   XKV_REQUIRE(n > 0, "cannot build a compressed cache from zero tokens");
+  XKV_REQUIRE(options.sink_tokens >= 0, "CacheOptions::sink_tokens must be >= 0, got " << options.sink_tokens);
   for (int l = 0; l < shape.num_layers; ++l) {
     keys[l].validate("keys");
     XKV_REQUIRE(keys[l].heads == shape.num_kv_heads && keys[l].head_dim == shape.head_dim,
@@ -73,18 +74,41 @@ CompressedCache<T> CompressedCache<T>::build(const ModelShape& shape, const Cach
   if (options.rope.enabled) cache.inv_freq_ = options.rope.inverse_frequencies(shape.head_dim);
   cache.extend_rope_table(n);
 
+  // With every token a sink nothing is left to factor: all layers are then stored as they are.
+  const std::int64_t sinks = std::min(options.sink_tokens, n);
+  const bool factor = sinks < n;
+  cache.sink_tokens_ = factor ? sinks : 0;
+  const auto after_sinks = [&](KVView<T> v) {
+    v.data += sinks * v.token_stride;
+    v.tokens -= sinks;
+    return v;
+  };
+  const auto first_tokens = [&](KVView<T> v) {
+    v.tokens = sinks;
+    return v;
+  };
   const Compressor<T> compressor(options.compressor);
-  for (std::size_t g = 0; g < options.grouping.groups.size(); ++g) {
+  for (std::size_t g = 0; factor && g < options.grouping.groups.size(); ++g) {
     const auto& members = options.grouping.groups[g];
     std::vector<KVView<T>> group_keys, group_values;
     for (int layer : members) {
-      group_keys.push_back(keys[layer]);
-      if (cache.has_values_) group_values.push_back(values[layer]);
+      group_keys.push_back(after_sinks(keys[layer]));
+      if (cache.has_values_) group_values.push_back(after_sinks(values[layer]));
     }
     CompressedGroup<T> group = compressor.compress(group_keys, group_values, options.policy);
     group.layers = members;
-    for (std::size_t m = 0; m < members.size(); ++m)
-      cache.layers_[members[m]].location = {static_cast<int>(g), static_cast<int>(m)};
+    for (std::size_t m = 0; m < members.size(); ++m) {
+      LayerState& state = cache.layers_[members[m]];
+      state.location = {static_cast<int>(g), static_cast<int>(m)};
+      if (sinks == 0) continue;
+      const int layer = members[m];
+      check_finite(first_tokens(keys[layer]), "keys of sink tokens");
+      copy_token_major(first_tokens(keys[layer]), state.sink_keys);
+      if (cache.has_values_) {
+        check_finite(first_tokens(values[layer]), "values of sink tokens");
+        copy_token_major(first_tokens(values[layer]), state.sink_values);
+      }
+    }
     cache.groups_.push_back(std::move(group));
   }
   for (int l = 0; l < shape.num_layers; ++l) {
@@ -204,14 +228,22 @@ void CompressedCache<T>::reconstruct(int layer, bool want_keys, const TokenSelec
   if (state.location.group >= 0) {
     const CompressedGroup<T>& group = groups_[state.location.group];
     const CompressedFactor<T>& f = want_keys ? group.keys : group.values;
-    // Gather A's rows of the selected prefix tokens, then one GEMM against B_l.
+    const std::vector<T>& sinks = want_keys ? state.sink_keys : state.sink_values;
+    // Sinks are copied; A's rows of the other selected prefix tokens are gathered, then one GEMM
+    // against B_l.
     std::vector<std::int64_t> prefix_rows;
-    for (std::int64_t k = 0; k < count; ++k)
-      if (token_at(k) < prefix_tokens_) prefix_rows.push_back(k);
+    for (std::int64_t k = 0; k < count; ++k) {
+      const std::int64_t t = token_at(k);
+      if (t < sink_tokens_) {
+        for (int c = 0; c < width; ++c) rows(k, c) = static_cast<float>(sinks[std::size_t(t) * width + c]);
+      } else if (t < prefix_tokens_) {
+        prefix_rows.push_back(k);
+      }
+    }
     if (!prefix_rows.empty()) {
       Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> a(prefix_rows.size(), f.rank);
       for (std::size_t k = 0; k < prefix_rows.size(); ++k) {
-        const T* src = f.a.data() + std::size_t(token_at(prefix_rows[k])) * f.rank;
+        const T* src = f.a.data() + std::size_t(token_at(prefix_rows[k]) - sink_tokens_) * f.rank;
         for (int j = 0; j < f.rank; ++j) a(k, j) = static_cast<float>(src[j]);
       }
       const Eigen::Map<const Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>> b_stored(
@@ -283,7 +315,9 @@ std::size_t CompressedCache<T>::bytes() const {
   std::size_t total = 0;
   for (const auto& g : groups_) total += g.bytes();
   for (const auto& s : layers_)
-    total += (s.prefix_keys.size() + s.prefix_values.size() + s.tail_keys.size() + s.tail_values.size()) * sizeof(T);
+    total += (s.prefix_keys.size() + s.prefix_values.size() + s.sink_keys.size() + s.sink_values.size() +
+              s.tail_keys.size() + s.tail_values.size()) *
+             sizeof(T);
   return total;
 }
 
@@ -310,6 +344,16 @@ template <class T>
 const std::vector<T>& CompressedCache<T>::raw_prefix_values(int layer) const {
   check_layer(layer);
   return layers_[layer].prefix_values;
+}
+template <class T>
+const std::vector<T>& CompressedCache<T>::sink_keys(int layer) const {
+  check_layer(layer);
+  return layers_[layer].sink_keys;
+}
+template <class T>
+const std::vector<T>& CompressedCache<T>::sink_values(int layer) const {
+  check_layer(layer);
+  return layers_[layer].sink_values;
 }
 template <class T>
 const std::vector<T>& CompressedCache<T>::tail_keys(int layer) const {

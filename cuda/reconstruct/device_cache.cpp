@@ -3,7 +3,6 @@
 
 #include <algorithm>
 #include <cstring>
-#include <optional>
 
 #include "xkv/cuda/check.hpp"
 
@@ -48,7 +47,8 @@ DeviceCache<T>::DeviceCache(const CompressedCache<T>& cache, cudaStream_t stream
     : shape_(cache.shape()),
       options_(cache.options()),
       has_values_(cache.has_values()),
-      prefix_tokens_(cache.prefix_tokens()) {
+      prefix_tokens_(cache.prefix_tokens()),
+      sink_tokens_(cache.sink_tokens()) {
   static_assert(std::is_same_v<T, half> || std::is_same_v<T, bfloat16>, "DeviceCache holds fp16 or bf16");
   static_assert(sizeof(T) == 2, "16-bit storage");
   for (const int d : {shape_.head_dim, shape_.value_dim()})
@@ -92,6 +92,9 @@ DeviceCache<T>::DeviceCache(const CompressedCache<T>& cache, cudaStream_t stream
     if (loc.group < 0) {
       layer.prefix_keys = upload_rows(cache.raw_prefix_keys(l), stream);
       if (has_values_) layer.prefix_values = upload_rows(cache.raw_prefix_values(l), stream);
+    } else {
+      layer.sink_keys = upload_rows(cache.sink_keys(l), stream);
+      if (has_values_) layer.sink_values = upload_rows(cache.sink_values(l), stream);
     }
   }
   update_tails(cache, stream);
@@ -142,7 +145,8 @@ std::size_t DeviceCache<T>::device_bytes() const {
   for (const auto* fs : {&group_keys_, &group_values_})
     for (const Factor& f : *fs) total += f.a.bytes() + f.b.bytes() + f.bt.bytes();
   for (const Layer& l : layers_)
-    total += l.prefix_keys.bytes() + l.prefix_values.bytes() + l.tail_keys.bytes() + l.tail_values.bytes();
+    total += l.prefix_keys.bytes() + l.prefix_values.bytes() + l.sink_keys.bytes() + l.sink_values.bytes() +
+             l.tail_keys.bytes() + l.tail_values.bytes();
   return total;
 }
 
@@ -169,70 +173,76 @@ void DeviceCache<T>::reconstruct(int layer, bool keys, const TokenSelection& sel
   const int head_dim = keys ? shape_.head_dim : shape_.value_dim();
   const int width = shape_.num_kv_heads * head_dim;
 
-  // Common parameters; the prefix (factors or raw rows) and the tail each get one launch.
+  // The layer's tokens are consecutive segments, each one launch: exact sink rows, then the
+  // factors (grouped layers) or the raw prefix (others), then the tail.
   ReconstructParams base;
   base.dtype = scalar_type();
   base.heads = shape_.num_kv_heads;
   base.head_dim = head_dim;
   base.rope = keys ? options_.rope : RopeConfig::disabled();
   base.out = out;
-
-  ReconstructParams prefix = base;
+  struct Segment {
+    std::int64_t first = 0, end = 0;  // cached tokens [first, end)
+    ReconstructParams params;
+  };
+  std::vector<Segment> segments;
+  const auto raw_segment = [&](std::int64_t first, std::int64_t end, const DeviceBuffer<T>& rows) {
+    Segment seg{first, end, base};
+    seg.params.a = rows.get();
+    seg.params.a_rows = end - first;
+    seg.params.lda = width;
+    seg.params.position_offset = options_.position_offset + first;
+    return seg;
+  };
   if (state.group >= 0) {
+    if (sink_tokens_ > 0) segments.push_back(raw_segment(0, sink_tokens_, keys ? state.sink_keys : state.sink_values));
     const Factor& f = keys ? group_keys_[state.group] : group_values_[state.group];
-    prefix.a = f.a.get();
-    prefix.a_rows = f.tokens;
-    prefix.lda = f.lda;
-    prefix.rank = f.rank;
-    prefix.b = f.b.get() + std::size_t(state.member) * f.rank * f.width;
-    prefix.ldb = f.width;
-    prefix.bt = f.bt.get() + std::size_t(state.member) * f.width * f.ldbt;
-    prefix.ldbt = f.ldbt;
+    Segment seg{sink_tokens_, prefix_tokens_, base};
+    seg.params.a = f.a.get();
+    seg.params.a_rows = f.tokens;
+    seg.params.lda = f.lda;
+    seg.params.rank = f.rank;
+    seg.params.b = f.b.get() + std::size_t(state.member) * f.rank * f.width;
+    seg.params.ldb = f.width;
+    seg.params.bt = f.bt.get() + std::size_t(state.member) * f.width * f.ldbt;
+    seg.params.ldbt = f.ldbt;
+    seg.params.position_offset = options_.position_offset + sink_tokens_;
+    segments.push_back(seg);
   } else {
-    prefix.a = (keys ? state.prefix_keys : state.prefix_values).get();
-    prefix.a_rows = prefix_tokens_;
-    prefix.lda = width;
+    segments.push_back(raw_segment(0, prefix_tokens_, keys ? state.prefix_keys : state.prefix_values));
   }
-  prefix.position_offset = options_.position_offset;
-
-  ReconstructParams tail = base;
-  tail.a = (keys ? state.tail_keys : state.tail_values).get();
-  tail.a_rows = state.tail_tokens;
-  tail.lda = width;
-  tail.position_offset = options_.position_offset + prefix_tokens_;
+  segments.push_back(raw_segment(prefix_tokens_, tokens(layer), keys ? state.tail_keys : state.tail_values));
 
   if (!sel.use_indices) {
     const std::int64_t begin = sel.begin, end = sel.end < 0 ? tokens(layer) : sel.end;
-    const std::int64_t split = std::clamp(prefix_tokens_, begin, end);
-    prefix.token_begin = begin;
-    prefix.tokens = split - begin;
-    prefix.output_row_offset = first_output_row;
-    tail.token_begin = split - prefix_tokens_;
-    tail.tokens = end - split;
-    tail.output_row_offset = first_output_row + (split - begin);
-    // Validate both before enqueueing either, so a bad output leaves nothing half written.
-    std::optional<Reconstruct> run_prefix, run_tail;
-    if (prefix.tokens > 0) run_prefix.emplace(prefix);
-    if (tail.tokens > 0) run_tail.emplace(tail);
-    if (run_prefix) run_prefix->run(stream);
-    if (run_tail) run_tail->run(stream);
+    // Validate every launch before enqueueing any, so a bad output leaves nothing half written.
+    std::vector<Reconstruct> runs;
+    for (Segment& seg : segments) {
+      const std::int64_t lo = std::max(begin, seg.first), hi = std::min(end, seg.end);
+      if (hi <= lo) continue;
+      seg.params.token_begin = lo - seg.first;
+      seg.params.tokens = hi - lo;
+      seg.params.output_row_offset = first_output_row + (lo - begin);
+      runs.emplace_back(seg.params);
+    }
+    for (const Reconstruct& run : runs) run.run(stream);
     return;
   }
 
-  std::vector<std::int64_t> prefix_tokens, prefix_rows, tail_tokens, tail_rows;
+  // Index lists: each segment gets its own tokens and, when more than one segment is hit, the
+  // output rows they go to.
+  std::vector<std::vector<std::int64_t>> seg_tokens(segments.size()), seg_rows(segments.size());
   for (std::int64_t k = 0; k < count; ++k) {
     const std::int64_t t = sel.indices[k];
-    if (t < prefix_tokens_) {
-      prefix_tokens.push_back(t);
-      prefix_rows.push_back(k);
-    } else {
-      tail_tokens.push_back(t - prefix_tokens_);
-      tail_rows.push_back(k);
+    for (std::size_t i = 0; i < segments.size(); ++i) {
+      if (t < segments[i].first || t >= segments[i].end) continue;
+      seg_tokens[i].push_back(t - segments[i].first);
+      seg_rows[i].push_back(k);
+      break;
     }
   }
-  prefix.tokens = static_cast<std::int64_t>(prefix_tokens.size());
-  tail.tokens = static_cast<std::int64_t>(tail_tokens.size());
-  prefix.output_row_offset = tail.output_row_offset = first_output_row;
+  const auto hit = std::count_if(seg_tokens.begin(), seg_tokens.end(), [](const auto& v) { return !v.empty(); });
+  const bool split = hit > 1;
   // Output rows are checked here: the kernel's own check covers only what the host cannot see.
   if (!out.paged()) {
     XKV_REQUIRE(first_output_row + count <= out.rows, "DeviceCache: rows [" << first_output_row << ", "
@@ -245,26 +255,25 @@ void DeviceCache<T>::reconstruct(int layer, bool keys, const TokenSelection& sel
                                       << out.page_table_len << " pages of the page table (page_size "
                                       << out.page_size << ")");
   }
-  const bool split = !prefix_tokens.empty() && !tail_tokens.empty();
   // Validate with placeholder device arrays first (validate never dereferences them).
   static const std::int64_t placeholder = 0;
-  auto with_arrays = [&](ReconstructParams p, const std::int64_t* idx, const std::int64_t* rows) {
+  auto with_arrays = [&](ReconstructParams p, std::int64_t tokens, const std::int64_t* idx, const std::int64_t* rows) {
+    p.tokens = tokens;
+    p.output_row_offset = first_output_row;
     p.token_indices = idx;
     p.output_rows = rows;
     return p;
   };
-  if (prefix.tokens > 0) Reconstruct::validate(with_arrays(prefix, &placeholder, split ? &placeholder : nullptr));
-  if (tail.tokens > 0) Reconstruct::validate(with_arrays(tail, &placeholder, split ? &placeholder : nullptr));
-
-  if (prefix.tokens > 0) {
-    StreamArray idx(prefix_tokens, stream);
-    StreamArray rows(split ? prefix_rows : std::vector<std::int64_t>{}, stream);
-    Reconstruct(with_arrays(prefix, idx.get(), rows.get())).run(stream);
-  }
-  if (tail.tokens > 0) {
-    StreamArray idx(tail_tokens, stream);
-    StreamArray rows(split ? tail_rows : std::vector<std::int64_t>{}, stream);
-    Reconstruct(with_arrays(tail, idx.get(), rows.get())).run(stream);
+  for (std::size_t i = 0; i < segments.size(); ++i)
+    if (!seg_tokens[i].empty())
+      Reconstruct::validate(with_arrays(segments[i].params, std::int64_t(seg_tokens[i].size()), &placeholder,
+                                        split ? &placeholder : nullptr));
+  for (std::size_t i = 0; i < segments.size(); ++i) {
+    if (seg_tokens[i].empty()) continue;
+    StreamArray idx(seg_tokens[i], stream);
+    StreamArray rows(split ? seg_rows[i] : std::vector<std::int64_t>{}, stream);
+    Reconstruct(with_arrays(segments[i].params, std::int64_t(seg_tokens[i].size()), idx.get(), rows.get()))
+        .run(stream);
   }
 }
 

@@ -35,6 +35,12 @@ struct CacheOptions {
   RopeConfig rope;                 ///< applied to keys on reconstruction; RopeConfig::disabled() for none
   CompressorOptions compressor;
   std::int64_t position_offset = 0;  ///< RoPE position of cached token 0
+  /// Leading tokens of every grouped layer kept exact instead of factored (attention sinks): the
+  /// first token of a real model draws much of every head's attention, so a small absolute error
+  /// in its key or value costs far more than the same error elsewhere. They count in bytes() like
+  /// any stored data; the factors cover tokens [sink_tokens, prefix). 0 (the default) factors
+  /// every token, as the xKV paper does; 1 to 16 is what the published results use.
+  std::int64_t sink_tokens = 0;
 };
 
 template <class T>
@@ -60,6 +66,9 @@ class CompressedCache {
   [[nodiscard]] std::vector<float> values(int layer, const TokenSelection& tokens = TokenSelection::all()) const;
 
   [[nodiscard]] std::int64_t prefix_tokens() const { return prefix_tokens_; }
+  /// Leading prefix tokens of grouped layers held exact (min(options().sink_tokens, prefix)); A's
+  /// row i is token sink_tokens() + i.
+  [[nodiscard]] std::int64_t sink_tokens() const { return sink_tokens_; }
   [[nodiscard]] std::int64_t tokens(int layer) const;
   [[nodiscard]] std::int64_t selection_size(int layer, const TokenSelection& tokens) const;
 
@@ -83,6 +92,9 @@ class CompressedCache {
   /// Uncompressed prefix of a layer in no group, token-major [prefix, H, d] (empty otherwise).
   [[nodiscard]] const std::vector<T>& raw_prefix_keys(int layer) const;
   [[nodiscard]] const std::vector<T>& raw_prefix_values(int layer) const;
+  /// Exact leading tokens of a grouped layer, token-major [sink_tokens(), H, d] (empty otherwise).
+  [[nodiscard]] const std::vector<T>& sink_keys(int layer) const;
+  [[nodiscard]] const std::vector<T>& sink_values(int layer) const;
   /// Tokens appended after compression, token-major [tail, H, d].
   [[nodiscard]] const std::vector<T>& tail_keys(int layer) const;
   [[nodiscard]] const std::vector<T>& tail_values(int layer) const;
@@ -91,6 +103,7 @@ class CompressedCache {
   struct LayerState {
     Location location;
     std::vector<T> prefix_keys, prefix_values;  // only for uncompressed layers
+    std::vector<T> sink_keys, sink_values;      // only for grouped layers
     std::vector<T> tail_keys, tail_values;
     std::int64_t tail_tokens = 0;
   };
@@ -104,6 +117,7 @@ class CompressedCache {
   CacheOptions options_;
   bool has_values_ = true;
   std::int64_t prefix_tokens_ = 0;
+  std::int64_t sink_tokens_ = 0;
   std::vector<CompressedGroup<T>> groups_;
   std::vector<LayerState> layers_;
   std::vector<double> inv_freq_;

@@ -265,6 +265,101 @@ TYPED_TEST(Cache, NoGroupsMeansUncompressed) {
     EXPECT_LE(relative_difference(c.keys(l), rope_rows(k[l].data.data(), n, kHeads, kHeadDim, test_rope(), 0)), 1e-5);
 }
 
+// Sink tokens: the first s tokens of grouped layers are stored exact; the factors are those of
+// tokens [s, n) alone, with RoPE positions continuing after the sinks; bytes count the sinks.
+TYPED_TEST(Cache, SinkTokensStayExactAndTheFactorsCoverTheRest) {
+  using T = TypeParam;
+  const std::int64_t n = 37, offset = 5, sinks = 3;
+  Rng rng(720);
+  std::vector<LayerBuffer<T>> k, v;
+  for (int l = 0; l < kLayers; ++l) {
+    k.push_back(split_layers<T>(rng.gaussian(n, kWidth), 1, kHeads, kHeadDim)[0]);
+    v.push_back(split_layers<T>(rng.gaussian(n, kWidth), 1, kHeads, kHeadDim)[0]);
+  }
+  xkv::CacheOptions options;
+  options.grouping = xkv::LayerGrouping::consecutive(kLayers, 2, 0, 4);
+  options.policy = xkv::RankPolicy::fixed(6, 9);
+  options.rope = test_rope();
+  options.position_offset = offset;
+  options.sink_tokens = sinks;
+  const auto shape = CacheFixture<T>::shape();
+  auto c = xkv::CompressedCache<T>::build(shape, options, views_of(k), views_of(v));
+
+  // Reference: the same options without sinks on tokens [sinks, n), positions shifted to match.
+  std::vector<xkv::KVView<T>> rest_k = views_of(k), rest_v = views_of(v);
+  for (auto* views : {&rest_k, &rest_v})
+    for (auto& view : *views) {
+      view.data += sinks * view.token_stride;
+      view.tokens -= sinks;
+    }
+  xkv::CacheOptions ref_options = options;
+  ref_options.sink_tokens = 0;
+  ref_options.position_offset = offset + sinks;
+  const auto ref = xkv::CompressedCache<T>::build(shape, ref_options, rest_k, rest_v);
+
+  EXPECT_EQ(c.sink_tokens(), sinks);
+  ASSERT_EQ(c.groups().size(), 2u);
+  for (std::size_t g = 0; g < 2; ++g) {
+    EXPECT_EQ(c.groups()[g].keys.a.size(), std::size_t(n - sinks) * 6);
+    EXPECT_EQ(std::memcmp(c.groups()[g].keys.a.data(), ref.groups()[g].keys.a.data(), c.groups()[g].keys.a.size() * sizeof(T)), 0);
+  }
+  const std::size_t row_bytes = std::size_t(kWidth) * sizeof(T);
+  EXPECT_EQ(c.bytes(), ref.bytes() + std::size_t(kLayers) * sinks * 2 * row_bytes)
+      << "4 grouped layers' sinks plus layer 4's first tokens, keys and values";
+  EXPECT_EQ(c.raw_bytes(), std::size_t(kLayers) * n * 2 * row_bytes);
+  for (int l = 0; l < kLayers; ++l) {
+    EXPECT_EQ(c.sink_keys(l).size(), l < 4 ? std::size_t(sinks * kWidth) : 0u) << l;
+    const auto keys = c.keys(l), values = c.values(l);
+    const auto ref_keys = ref.keys(l), ref_values = ref.values(l);
+    const std::size_t head = std::size_t(sinks) * kWidth;
+    // Sinks (and all of layer 4) exact: keys = RoPE(input) at their positions.
+    const auto exact = rope_rows(k[l].data.data(), sinks, kHeads, kHeadDim, test_rope(), offset);
+    EXPECT_LE(relative_difference(std::vector<float>(keys.begin(), keys.begin() + head), exact), 1e-5) << l;
+    for (std::size_t i = 0; i < head; ++i) EXPECT_EQ(values[i], float(from_storage(v[l].data[i]))) << l << " " << i;
+    // The rest is exactly what the reference reconstructs.
+    EXPECT_TRUE(std::equal(keys.begin() + head, keys.end(), ref_keys.begin(), ref_keys.end())) << "layer " << l;
+    EXPECT_TRUE(std::equal(values.begin() + head, values.end(), ref_values.begin(), ref_values.end())) << "layer " << l;
+  }
+
+  // Index lists crossing sinks, factors and tail give the rows of the range read.
+  const auto tk = split_layers<T>(rng.gaussian(2, kWidth), 1, kHeads, kHeadDim)[0];
+  const auto tv = split_layers<T>(rng.gaussian(2, kWidth), 1, kHeads, kHeadDim)[0];
+  c.append(1, tk.view(), tv.view());
+  const auto all = c.keys(1);
+  const std::vector<std::int64_t> picks = {n + 1, 0, 5, 2, n, sinks, sinks - 1};
+  const auto picked = c.keys(1, xkv::TokenSelection::list(picks));
+  for (std::size_t i = 0; i < picks.size(); ++i)
+    for (int j = 0; j < kWidth; ++j)
+      EXPECT_EQ(picked[i * kWidth + j], all[std::size_t(picks[i]) * kWidth + j]) << "pick " << i;
+}
+
+// As many sinks as tokens (or more) leaves nothing to factor: every layer is stored as it is.
+TYPED_TEST(Cache, SinksCoveringThePrefixKeepEverything) {
+  using T = TypeParam;
+  Rng rng(721);
+  const std::int64_t n = 4;
+  std::vector<LayerBuffer<T>> k, v;
+  for (int l = 0; l < kLayers; ++l) {
+    k.push_back(split_layers<T>(rng.gaussian(n, kWidth), 1, kHeads, kHeadDim)[0]);
+    v.push_back(split_layers<T>(rng.gaussian(n, kWidth), 1, kHeads, kHeadDim)[0]);
+  }
+  xkv::CacheOptions options;
+  options.grouping = xkv::LayerGrouping::consecutive(kLayers, 2, 0, 4);
+  options.rope = test_rope();
+  for (const std::int64_t sinks : {n, n + 10}) {
+    options.sink_tokens = sinks;
+    const auto c = xkv::CompressedCache<T>::build(CacheFixture<T>::shape(), options, views_of(k), views_of(v));
+    EXPECT_TRUE(c.groups().empty());
+    EXPECT_EQ(c.sink_tokens(), 0);
+    EXPECT_EQ(c.compression_ratio(), 1.0);
+    for (int l = 0; l < kLayers; ++l)
+      EXPECT_LE(relative_difference(c.keys(l), rope_rows(k[l].data.data(), n, kHeads, kHeadDim, test_rope(), 0)), 1e-6);
+  }
+  options.sink_tokens = -2;
+  expect_error([&] { xkv::CompressedCache<T>::build(CacheFixture<T>::shape(), options, views_of(k), views_of(v)); },
+               {"sink_tokens"}, {"-2"});
+}
+
 // Values narrower than keys (value_head_dim != head_dim).
 TEST(CacheShapes, ValueHeadDimDiffersFromKeys) {
   Rng rng(709);

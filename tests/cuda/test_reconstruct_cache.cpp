@@ -1,6 +1,6 @@
 // DeviceCache: a CompressedCache uploaded to the GPU reconstructs each layer's keys (with RoPE) and
-// values like the CPU cache does, for ranges and index lists that span the compressed prefix,
-// uncompressed layers and the tail, into token-major, head-major and paged outputs.
+// values like the CPU cache does, for ranges and index lists that span sink tokens, the compressed
+// prefix, uncompressed layers and the tail, into token-major, head-major and paged outputs.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -33,7 +33,7 @@ struct CacheFixture {
   std::vector<std::vector<T>> keys, values;
   xkv::CompressedCache<T> cache;
 
-  explicit CacheFixture(const xkv::RopeConfig& rope, std::uint64_t salt) {
+  explicit CacheFixture(const xkv::RopeConfig& rope, std::uint64_t salt, std::int64_t sink_tokens = 0) {
     Rng rng(salt);
     // Keys with a decaying spectrum-like structure (a few strong directions plus noise) so that
     // the rank-limited factors are a realistic approximation; the check compares against the
@@ -57,6 +57,7 @@ struct CacheFixture {
     options.policy = xkv::RankPolicy::fixed(60, 100);                       // r=60, 100: not tile multiples
     options.rope = rope;
     options.position_offset = 11;
+    options.sink_tokens = sink_tokens;
     cache = xkv::CompressedCache<T>::build(shape, options, kv, vv);
     for (int l = 0; l < shape.num_layers; ++l) {
       const auto tk = fill(tail), tv = fill(tail);
@@ -153,6 +154,29 @@ TYPED_TEST(CudaDeviceCache, EveryLayerEverySelectionEveryLayout) {
           check_layer(fx.cache, device, layer, keys, xkv::TokenSelection::list(tail_only), layout, salt++);
         }
   }
+}
+
+// Sink tokens: exact rows before the factors, a third segment every selection may cross.
+TYPED_TEST(CudaDeviceCache, SinkTokensBeforeTheFactors) {
+  if (!xkv::cuda::device_available()) GTEST_SKIP() << "no CUDA device available";
+  using T = TypeParam;
+  xkv::RopeConfig rope;
+  rope.theta = 10000.0;
+  CacheFixture<T> fx(rope, 60, 5);
+  ASSERT_EQ(fx.cache.sink_tokens(), 5);
+  const xkv::cuda::DeviceCache<T> device(fx.cache);
+  const std::vector<std::int64_t> across = {306, 0, 4, 5, 299, 300, 2, 17, 4};
+  const std::vector<std::int64_t> sinks_only = {4, 0, 4};
+  std::uint64_t salt = 500;
+  for (int layer = 0; layer < fx.shape.num_layers; ++layer)
+    for (bool keys : {true, false})
+      for (int layout : {0, 1, 2}) {
+        check_layer(fx.cache, device, layer, keys, xkv::TokenSelection::all(), layout, salt++);
+        check_layer(fx.cache, device, layer, keys, xkv::TokenSelection::range(0, 3), layout, salt++);
+        check_layer(fx.cache, device, layer, keys, xkv::TokenSelection::range(3, 9), layout, salt++);
+        check_layer(fx.cache, device, layer, keys, xkv::TokenSelection::list(across), layout, salt++);
+        check_layer(fx.cache, device, layer, keys, xkv::TokenSelection::list(sinks_only), layout, salt++);
+      }
 }
 
 TYPED_TEST(CudaDeviceCache, BadSelectionsAndOutputsThrow) {

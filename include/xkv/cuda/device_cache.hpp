@@ -24,7 +24,7 @@ namespace xkv::cuda {
 template <class T>
 class DeviceCache {
  public:
-  /// Uploads factors, uncompressed layers' prefixes and the tails. Returns when the copies are done.
+  /// Uploads factors, sink tokens, uncompressed layers' prefixes and the tails. Returns when the copies are done.
   explicit DeviceCache(const CompressedCache<T>& cache, cudaStream_t stream = nullptr);
 
   /// Layer `layer`'s keys for `tokens`, RoPE at position options().position_offset + token, into
@@ -61,6 +61,7 @@ class DeviceCache {
   struct Layer {
     int group = -1, member = -1;
     DeviceBuffer<T> prefix_keys, prefix_values;  // uncompressed layers only
+    DeviceBuffer<T> sink_keys, sink_values;      // grouped layers: the exact leading tokens
     DeviceBuffer<T> tail_keys, tail_values;
     std::int64_t tail_tokens = 0;
   };
@@ -72,6 +73,7 @@ class DeviceCache {
   CacheOptions options_;
   bool has_values_ = true;
   std::int64_t prefix_tokens_ = 0;
+  std::int64_t sink_tokens_ = 0;
   std::vector<Factor> group_keys_, group_values_;
   std::vector<Layer> layers_;
 };
