@@ -110,93 +110,6 @@ model::KvRead IncrementalCompressedKvCache::read(int layer) {
   return {keys_[layer].data(), values_[layer].data(), n};
 }
 
-// ------------------------------------------------------------ SinkPreservingKvCache
-namespace {
-CompressedCache<float> compress_after_sinks(const model::PlainKvCache& plain, CacheOptions options,
-                                            std::int64_t sinks) {
-  const ModelShape& s = plain.shape();
-  XKV_REQUIRE(sinks > 0 && sinks < plain.tokens(0),
-              "sink tokens " << sinks << " must be in [1, " << plain.tokens(0) << ")");
-  std::vector<KVView<float>> keys, values;
-  for (int l = 0; l < s.num_layers; ++l) {
-    KVView<float> k = plain.pre_rope_keys(l), v = plain.values(l);
-    k.data += sinks * k.token_stride;
-    k.tokens -= sinks;
-    v.data += sinks * v.token_stride;
-    v.tokens -= sinks;
-    keys.push_back(k);
-    values.push_back(v);
-  }
-  options.rope = plain.rope();
-  options.position_offset = sinks;  // the compressed tokens keep their true positions
-  return CompressedCache<float>::build(s, options, keys, values);
-}
-}  // namespace
-
-SinkPreservingKvCache::SinkPreservingKvCache(const model::PlainKvCache& plain, CacheOptions options,
-                                             std::int64_t sink_tokens)
-    : sinks_(sink_tokens), cache_(compress_after_sinks(plain, std::move(options), sink_tokens)) {
-  const ModelShape& s = cache_.shape();
-  keys_.resize(static_cast<std::size_t>(s.num_layers));
-  values_.resize(keys_.size());
-  done_.assign(keys_.size(), sinks_);
-  const RopeConfig& rope = plain.rope();
-  const std::vector<double> inv_freq = rope.enabled ? rope.inverse_frequencies(s.head_dim) : std::vector<double>{};
-  for (int l = 0; l < s.num_layers; ++l) {
-    const float* k = plain.pre_rope_keys(l).data;
-    const float* v = plain.values(l).data;
-    keys_[l].assign(k, k + sinks_ * s.key_width());
-    values_[l].assign(v, v + sinks_ * s.value_width());
-    if (rope.enabled)  // the sinks sit at positions 0 .. sinks - 1
-      model::apply_rope_rows(keys_[l].data(), sinks_, s.num_kv_heads, s.head_dim, 0, rope.style, inv_freq);
-  }
-}
-
-void SinkPreservingKvCache::append(int layer, const float* keys, const float* values, std::int64_t count) {
-  const ModelShape& s = cache_.shape();
-  cache_.append(layer, KVView<float>::token_major(keys, count, s.num_kv_heads, s.head_dim),
-                KVView<float>::token_major(values, count, s.num_kv_heads, s.value_dim()));
-}
-
-model::KvRead SinkPreservingKvCache::read(int layer) {
-  const ModelShape& s = cache_.shape();
-  XKV_REQUIRE(layer >= 0 && layer < s.num_layers, "read: layer " << layer << " outside [0, " << s.num_layers << ")");
-  const std::int64_t n = tokens(layer);
-  std::int64_t& done = done_[layer];
-  if (done < n) {
-    auto& k = keys_[layer];
-    auto& v = values_[layer];
-    k.resize(static_cast<std::size_t>(n) * s.key_width());
-    v.resize(static_cast<std::size_t>(n) * s.value_width());
-    const auto selection = TokenSelection::range(done - sinks_, n - sinks_);
-    cache_.reconstruct_keys(layer, selection,
-                            MutableKVView<float>::token_major(k.data() + done * s.key_width(), n - done,
-                                                              s.num_kv_heads, s.head_dim));
-    cache_.reconstruct_values(layer, selection,
-                              MutableKVView<float>::token_major(v.data() + done * s.value_width(), n - done,
-                                                                s.num_kv_heads, s.value_dim()));
-    done = n;
-  }
-  return {keys_[layer].data(), values_[layer].data(), n};
-}
-
-std::size_t SinkPreservingKvCache::bytes() const {
-  const ModelShape& s = cache_.shape();
-  return cache_.bytes() +
-         static_cast<std::size_t>(s.num_layers) * sinks_ * (s.key_width() + s.value_width()) * sizeof(float);
-}
-
-double SinkPreservingKvCache::prefix_ratio() const {
-  const ModelShape& s = cache_.shape();
-  const double sink_bytes = double(s.num_layers) * sinks_ * (s.key_width() + s.value_width()) * sizeof(float);
-  // Before any tail: the compressed part's raw and stored bytes, plus the sinks on both sides.
-  double compressed_stored = 0;
-  for (const auto& g : cache_.groups()) compressed_stored += double(g.bytes());
-  const double raw = double(s.num_layers) * (cache_.prefix_tokens() + sinks_) * (s.key_width() + s.value_width()) *
-                     sizeof(float);
-  return raw / (compressed_stored + sink_bytes);
-}
-
 // ------------------------------------------------------------ OneStreamKvCache
 namespace {
 CacheOptions one_stream_options(const LayerGrouping& grouping, int rank, bool compress_keys) {
@@ -284,12 +197,10 @@ PreparedCache prepare_cache(const Method& method, const model::PlainKvCache& pre
           const double budget = double(n) / method.target_ratio - s;
           XKV_REQUIRE(budget > 0, method.label() << ": " << method.sink_tokens << " raw sink tokens alone exceed the "
                                                  << method.target_ratio << "x budget of " << n << " tokens");
+          XKV_REQUIRE(method.sink_tokens < n, method.label() << ": " << method.sink_tokens
+                                                             << " sink tokens leave nothing of " << n << " to compress");
           o.policy = RankPolicy::ratio((double(n) - s) / budget, method.key_weight, method.value_weight);
-          auto cache = std::make_unique<SinkPreservingKvCache>(prefilled, o, method.sink_tokens);
-          out.prefix_ratio = out.stream_ratio = cache->prefix_ratio();
-          first_group_ranks(cache->compressed());
-          out.cache = std::move(cache);
-          break;
+          o.sink_tokens = method.sink_tokens;
         }
       } else {
         // Every group must have G layers for one fixed full rank to fit all of them.

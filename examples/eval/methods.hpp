@@ -29,7 +29,8 @@ struct Method {
   static Method keys_only(int group_size, double ratio);
   static Method values_only(int group_size, double ratio);
   static Method full_rank(int group_size);
-  /// xKV with the first `sink_tokens` tokens kept as they are (not part of the paper's method).
+  /// xKV with the first `sink_tokens` tokens kept exact (CacheOptions::sink_tokens; not part of
+  /// the paper's method), the target ratio holding for the whole prefix, sinks included.
   static Method xkv_with_sinks(int group_size, double ratio, int sink_tokens, double key_weight = 1.0,
                                double value_weight = 1.5);
   static Method mini_cache(int start_layer, const std::string& name);
@@ -55,27 +56,6 @@ class IncrementalCompressedKvCache final : public model::KvCache {
  private:
   model::CompressedKvCache inner_;
   std::vector<std::vector<float>> keys_, values_;
-  std::vector<std::int64_t> done_;
-};
-
-/// xKV over tokens sink_tokens.. of the prefix; the first sink_tokens tokens (which take a large
-/// share of the attention in most heads) stay uncompressed. Reads reconstruct each token once.
-class SinkPreservingKvCache final : public model::KvCache {
- public:
-  SinkPreservingKvCache(const model::PlainKvCache& plain, CacheOptions options, std::int64_t sink_tokens);
-
-  [[nodiscard]] const ModelShape& shape() const override { return cache_.shape(); }
-  [[nodiscard]] std::int64_t tokens(int layer) const override { return sinks_ + cache_.tokens(layer); }
-  void append(int layer, const float* keys, const float* values, std::int64_t count) override;
-  model::KvRead read(int layer) override;
-  [[nodiscard]] std::size_t bytes() const override;
-  [[nodiscard]] double prefix_ratio() const;
-  [[nodiscard]] const CompressedCache<float>& compressed() const { return cache_; }
-
- private:
-  std::int64_t sinks_;
-  CompressedCache<float> cache_;
-  std::vector<std::vector<float>> keys_, values_;  // rotated sinks first, then reconstructed rows
   std::vector<std::int64_t> done_;
 };
 

@@ -18,15 +18,23 @@ model::PlainKvCache prefix_copy(const model::PlainKvCache& source, std::int64_t 
   return out;
 }
 
-std::string decode_answer(const model::LlamaModel& model, const model::Tokenizer& tokenizer, model::KvCache& cache,
-                          const std::vector<std::int32_t>& question, int max_new_tokens) {
-  const model::RowMatrix logits = model.forward(question, cache, model::Logits::Last);
+/// Greedy answer tokens after `first_logits` (the logits that follow the last prompt token).
+std::string greedy_answer(const model::LlamaModel& model, const model::Tokenizer& tokenizer, model::KvCache& cache,
+                          const model::RowMatrix& first_logits, int max_new_tokens) {
   model::GreedyOptions greedy;
   greedy.max_new_tokens = max_new_tokens;
   greedy.stop_tokens = tokenizer.stop_tokens();
   const std::vector<std::int32_t> answer = model::greedy_decode(
-      model, cache, std::span<const float>(logits.data(), static_cast<std::size_t>(logits.cols())), greedy);
+      model, cache,
+      std::span<const float>(first_logits.data(), static_cast<std::size_t>(first_logits.cols())), greedy);
   return tokenizer.decode(answer, true);
+}
+
+/// The question is read from `cache` (compressed or not), then the answer decoded from it.
+std::string decode_answer(const model::LlamaModel& model, const model::Tokenizer& tokenizer, model::KvCache& cache,
+                          const std::vector<std::int32_t>& question, int max_new_tokens) {
+  const model::RowMatrix logits = model.forward(question, cache, model::Logits::Last);
+  return greedy_answer(model, tokenizer, cache, logits, max_new_tokens);
 }
 
 }  // namespace
@@ -83,17 +91,36 @@ std::vector<PasskeySummaryRow> run_passkey_study(const model::LlamaModel& model,
         return ok;
       };
       std::ostringstream line;
-      {  // baseline first: the plain cache itself
-        model::PlainKvCache plain = context;
-        const bool ok = record(0, "uncompressed", 1.0,
-                               decode_answer(model, tokenizer, plain, trial.question, options.max_new_tokens));
-        line << "uncompressed " << (ok ? "ok" : "MISS");
-      }
-      for (std::size_t i = 0; i < methods.size(); ++i) {
-        PreparedCache prep = prepare_cache(methods[i], context);
-        const bool ok = record(i + 1, methods[i].label(), prep.prefix_ratio,
-                               decode_answer(model, tokenizer, *prep.cache, trial.question, options.max_new_tokens));
-        line << ", " << methods[i].label() << " " << (ok ? "ok" : "MISS");
+      if (options.question_in_prefill) {
+        // The engine's flow: the whole prompt is prefilled with exact attention, its cache is
+        // compressed, and only the answer tokens after the first read the compressed cache.
+        model::PlainKvCache prompt = context;
+        const model::RowMatrix first_logits = model.forward(trial.question, prompt, model::Logits::Last);
+        {
+          model::PlainKvCache plain = prompt;
+          const bool ok = record(0, "uncompressed", 1.0,
+                                 greedy_answer(model, tokenizer, plain, first_logits, options.max_new_tokens));
+          line << "uncompressed " << (ok ? "ok" : "MISS");
+        }
+        for (std::size_t i = 0; i < methods.size(); ++i) {
+          PreparedCache prep = prepare_cache(methods[i], prompt);
+          const bool ok = record(i + 1, methods[i].label(), prep.prefix_ratio,
+                                 greedy_answer(model, tokenizer, *prep.cache, first_logits, options.max_new_tokens));
+          line << ", " << methods[i].label() << " " << (ok ? "ok" : "MISS");
+        }
+      } else {
+        {  // baseline first: the plain cache itself
+          model::PlainKvCache plain = context;
+          const bool ok = record(0, "uncompressed", 1.0,
+                                 decode_answer(model, tokenizer, plain, trial.question, options.max_new_tokens));
+          line << "uncompressed " << (ok ? "ok" : "MISS");
+        }
+        for (std::size_t i = 0; i < methods.size(); ++i) {
+          PreparedCache prep = prepare_cache(methods[i], context);
+          const bool ok = record(i + 1, methods[i].label(), prep.prefix_ratio,
+                                 decode_answer(model, tokenizer, *prep.cache, trial.question, options.max_new_tokens));
+          line << ", " << methods[i].label() << " " << (ok ? "ok" : "MISS");
+        }
       }
       ++done[li];
       const double elapsed = progress.elapsed() - start;

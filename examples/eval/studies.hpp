@@ -90,6 +90,11 @@ struct PasskeyOptions {
   int trials = 30;
   std::uint64_t seed = 1234;
   int max_new_tokens = 7;
+  /// false: the context alone is prefilled and compressed, the question is read from the
+  /// compressed cache (a follow-up question on a stored context). true: the whole prompt,
+  /// question included, is prefilled exactly and then compressed, as an engine does and as the
+  /// paper evaluates; the first answer token comes from the exact prefill.
+  bool question_in_prefill = false;
 };
 
 struct PasskeySummaryRow {

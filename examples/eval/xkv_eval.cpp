@@ -33,6 +33,7 @@ struct Options {
   bool accuracy_set[3] = {false, false, false};
   bool passkey_lengths_set = false, passkey_trials_set = false;
   std::string passkey_methods;  ///< empty: the default list
+  std::string accuracy_methods;  ///< empty: the default list
 };
 
 void usage(std::FILE* to) {
@@ -49,11 +50,16 @@ void usage(std::FILE* to) {
                "  --prefix N            tokens compressed before scoring (default 2048; quick 256)\n"
                "  --score M             tokens scored after the compressed prefix (default 512; quick 64)\n"
                "  --windows W           disjoint text windows (default 2; quick 1)\n"
+               "  --accuracy-methods L  the accuracy section's methods instead of its default list, in the\n"
+               "                        --passkey-methods syntax\n"
                "  --passkey-lengths L   comma-separated prompt lengths (default 1024,2048,4096; quick 512)\n"
                "  --passkey-trials T    trials per length (default 30; quick 2)\n"
                "  --passkey-methods L   comma-separated: xkv-G@R (e.g. xkv-4@6.4), xkv-G@R+sN (N sink tokens\n"
                "                        kept uncompressed), minicache, minicache-all\n"
                "                        (default xkv-4@6.4,xkv-1@6.4; quick xkv-4@6.4)\n"
+               "  --passkey-protocol P  after (default): the context is compressed, the question read from\n"
+               "                        it; prefill: the whole prompt is prefilled exactly, then compressed\n"
+               "                        (the engine's and the paper's flow)\n"
                "  --seed S              passkey seed (default $XKV_SEED or 1234)\n",
                Options{}.text_path.c_str());
 }
@@ -89,6 +95,13 @@ Options parse(int argc, char** argv) {
     else if (a == "--passkey-trials") o.passkey.trials = std::stoi(value()), o.passkey_trials_set = true;
     else if (a == "--seed") o.passkey.seed = std::stoull(value());
     else if (a == "--passkey-methods") o.passkey_methods = value();
+    else if (a == "--accuracy-methods") o.accuracy_methods = value();
+    else if (a == "--passkey-protocol") {
+      const std::string p = value();
+      XKV_REQUIRE(p == "prefill" || p == "after",
+                  "xkv-eval: --passkey-protocol is 'prefill' or 'after', not '" << p << "'");
+      o.passkey.question_in_prefill = p == "prefill";
+    }
     else if (a == "--help" || a == "-h") usage(stdout), std::exit(0);
     else XKV_REQUIRE(false, "xkv-eval: unknown argument '" << a << "' (see --help)");
   }
@@ -162,7 +175,7 @@ Method parse_method(const std::string& spec) {
   if (spec == "minicache-all") return Method::mini_cache(0, "MiniCache (all layers)");
   const auto at = spec.find('@');
   XKV_REQUIRE(spec.rfind("xkv-", 0) == 0 && at != std::string::npos,
-              "xkv-eval: --passkey-methods entry '" << spec << "' is not xkv-G@R[+sN], minicache or minicache-all");
+              "xkv-eval: method '" << spec << "' is not xkv-G@R[+sN], minicache or minicache-all");
   const int g = std::stoi(spec.substr(4, at - 4));
   const auto plus = spec.find("+s", at);
   const double ratio = std::stod(spec.substr(at + 1, plus == std::string::npos ? std::string::npos : plus - at - 1));
@@ -170,14 +183,17 @@ Method parse_method(const std::string& spec) {
   return Method::xkv_with_sinks(g, ratio, std::stoi(spec.substr(plus + 2)));
 }
 
+std::vector<Method> parse_methods(const std::string& list) {
+  std::vector<Method> out;
+  std::stringstream ss(list);
+  std::string item;
+  while (std::getline(ss, item, ',')) out.push_back(parse_method(item));
+  XKV_REQUIRE(!out.empty(), "xkv-eval: empty method list");
+  return out;
+}
+
 std::vector<Method> passkey_methods(bool quick, const std::string& list) {
-  if (!list.empty()) {
-    std::vector<Method> out;
-    std::stringstream ss(list);
-    std::string item;
-    while (std::getline(ss, item, ',')) out.push_back(parse_method(item));
-    return out;
-  }
+  if (!list.empty()) return parse_methods(list);
   if (quick) return {Method::xkv(4, 6.4)};
   // The goal (xKV-4 at 6.4x) and single-layer SVD at the same ratio; the other methods are
   // compared on perplexity, which is far cheaper than a passkey trial on two cores.
@@ -266,7 +282,9 @@ int run(const Options& o) {
     md << "\n";
   };
   if (wants(o, "accuracy"))
-    accuracy_section("Accuracy vs compression", "accuracy", accuracy_methods(o.quick, c.num_layers));
+    accuracy_section("Accuracy vs compression", "accuracy",
+                     o.accuracy_methods.empty() ? accuracy_methods(o.quick, c.num_layers)
+                                                : parse_methods(o.accuracy_methods));
   if (wants(o, "kvsplit")) accuracy_section("K:V rank split", "accuracy_kv_split", kv_split_methods(o.quick));
 
   if (wants(o, "passkey")) {

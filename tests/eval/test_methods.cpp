@@ -110,15 +110,19 @@ TEST(PrepareCache, KeysOnlyAndValuesOnlyLeaveTheOtherStreamExact) {
   EXPECT_EQ(values.key_rank, 0);
 }
 
-TEST(SinkPreservingKvCache, SinksExactRestCompressedAtTheirPositions) {
+// Sink tokens through the library (CacheOptions::sink_tokens) as the eval reads them: exact
+// sinks, the rest at its true positions (full rank reproduces it), appends after the prefix.
+TEST(IncrementalCompressedKvCache, SinkTokensExactRestAtTheirPositions) {
   const int layers = 4, heads = 2, dim = 8;
   const std::int64_t tokens = 40, sinks = 3;
   model::PlainKvCache plain = structured_plain(layers, heads, dim, tokens, 6);
   CacheOptions full;
   full.grouping = LayerGrouping::consecutive(layers, 2);
   full.policy = RankPolicy::fixed(2 * heads * dim, 2 * heads * dim);  // full rank: lossless up to rounding
-  SinkPreservingKvCache lossless(plain, full, sinks);
+  full.sink_tokens = sinks;
+  IncrementalCompressedKvCache lossless(plain, full);
   EXPECT_EQ(lossless.tokens(0), tokens);
+  EXPECT_EQ(lossless.compressed().sink_tokens(), sinks);
   for (int l = 0; l < layers; ++l) {
     const std::vector<float> want_k = copy_keys(plain, l), want_v = copy_values(plain, l);
     const std::vector<float> got_k = copy_keys(lossless, l), got_v = copy_values(lossless, l);
@@ -126,22 +130,13 @@ TEST(SinkPreservingKvCache, SinksExactRestCompressedAtTheirPositions) {
       EXPECT_NEAR(got_k[i], want_k[i], 1e-6f * (1 + std::abs(want_k[i])));
       EXPECT_EQ(got_v[i], want_v[i]);
     }
-    // The rest is rotated at its true positions (sinks ..), so full rank reproduces it.
     EXPECT_LT(rel_diff(got_k, want_k), 1e-5) << "layer " << l;
     EXPECT_LT(rel_diff(got_v, want_v), 1e-5) << "layer " << l;
   }
-  // Appends go to the tail and read back exactly.
   const std::vector<float> k(heads * dim, 0.5f), v(heads * dim, 2.0f);
   for (int l = 0; l < layers; ++l) lossless.append(l, k.data(), v.data(), 1);
   EXPECT_EQ(lossless.tokens(2), tokens + 1);
   EXPECT_EQ(copy_values(lossless, 2).back(), 2.0f);
-
-  CacheOptions lossy = full;
-  lossy.policy = RankPolicy::ratio(4.0);
-  SinkPreservingKvCache compressed(plain, lossy, sinks);
-  EXPECT_GT(compressed.prefix_ratio(), 1.5);
-  EXPECT_THROW(SinkPreservingKvCache(plain, lossy, 0), xkv::Error);
-  EXPECT_THROW(SinkPreservingKvCache(plain, lossy, tokens), xkv::Error);
 }
 
 TEST(PrepareCache, XkvMeetsItsTargetRatio) {
@@ -156,6 +151,7 @@ TEST(PrepareCache, XkvMeetsItsTargetRatio) {
   PreparedCache sinks = prepare_cache(Method::xkv_with_sinks(2, 2.0, 4), plain);
   EXPECT_GE(sinks.prefix_ratio, 2.0 * 0.999);
   EXPECT_LT(sinks.prefix_ratio, 2.3);
+  EXPECT_EQ(dynamic_cast<IncrementalCompressedKvCache&>(*sinks.cache).compressed().sink_tokens(), 4);
   EXPECT_THROW((void)prepare_cache(Method::xkv_with_sinks(2, 40.0, 4), plain), xkv::Error);  // 80/40 < 4 sinks
   PreparedCache mini = prepare_cache(Method::mini_cache(0, "MiniCache"), plain);
   EXPECT_GT(mini.prefix_ratio, 1.0);
