@@ -449,6 +449,45 @@ TEST(CudaReconstruct, LongSelections) {
   run_case(values, 453);
 }
 
+// Grids of many waves at full width: rank 512 and a rank that ends mid k-tile, a half-empty
+// column tile, both RoPE styles, gathered rows with explicit positions, head-major output.
+TEST(CudaReconstruct, ManyWavesFullWidth) {
+  SKIP_WITHOUT_GPU();
+  Rng rng(470);
+  std::uint64_t salt = 471;
+  for (ScalarType dtype : kTypes)
+    for (int r : {512, 100}) {
+      Case c;
+      c.dtype = dtype;
+      c.a_rows = 6000 + 13;
+      c.rank = r;
+      c.heads = 8;
+      c.head_dim = 128;
+      c.rope = rope(xkv::RopeStyle::HalfSplit, 0, true, 500000.0);
+      c.max_position = 100000;
+      run_case(c, salt++);
+    }
+  Case narrow;  // 3 heads of 64: the second column tile is half empty
+  narrow.a_rows = 20000;
+  narrow.rank = 200;
+  narrow.heads = 3;
+  narrow.head_dim = 64;
+  narrow.rope = rope(xkv::RopeStyle::Interleaved);
+  narrow.out = Out::HeadMajor;
+  run_case(narrow, salt++);
+  Case gathered;
+  gathered.a_rows = 9000;
+  gathered.rank = 64;
+  gathered.heads = 16;
+  gathered.head_dim = 64;
+  gathered.rope = rope(xkv::RopeStyle::HalfSplit);
+  gathered.positions_array = true;
+  gathered.max_position = 1 << 20;
+  for (int i = 0; i < 5000; ++i)
+    gathered.indices.push_back(static_cast<std::int64_t>(rng.uniform() * double(gathered.a_rows)));
+  run_case(gathered, salt++);
+}
+
 TEST(CudaReconstruct, SubRangeWithRowOffset) {
   SKIP_WITHOUT_GPU();
   Case c;
