@@ -13,18 +13,15 @@
 
 namespace xkv::cuda::detail {
 
-/// WARPGROUPS warpgroups of 64 rows each: 2 (128 x 128 tile) is the one launched, with three
-/// stages and two CTAs per SM for grids of several waves, or six stages and one CTA per SM when
-/// the grid fits one wave (short gathered selections: there the time is the latency of the
-/// k-tile loads, and six stages put six of a rank-512 row's eight k-tiles in flight at once).
-/// 4 (256 x 128, one CTA per SM, four stages) is kept for experiments with taller tiles, which
-/// re-read B^T from L2 half as often (see launch_wgmma_typed).
-template <int WARPGROUPS, int STAGES = (WARPGROUPS == 2 ? 3 : 4)>
+/// WARPGROUPS warpgroups of 64 rows each: 2 (128 x 128 tile, two CTAs per SM, three stages) is
+/// the one launched; 4 (256 x 128, one CTA per SM, four stages) is kept for experiments with
+/// taller tiles, which re-read B^T from L2 half as often (see launch_wgmma_typed).
+template <int WARPGROUPS>
 struct WgmmaTile {
   static constexpr int kThreads = 128 * WARPGROUPS;
-  static constexpr int kMinBlocks = WARPGROUPS == 2 && STAGES <= 3 ? 2 : 1;
+  static constexpr int kMinBlocks = WARPGROUPS == 2 ? 2 : 1;
   static constexpr int BM = 64 * WARPGROUPS, BN = 128, BK = 64;
-  static constexpr int kStages = STAGES;
+  static constexpr int kStages = WARPGROUPS == 2 ? 3 : 4;
   static constexpr int kA_Bytes = BM * BK * 2;  // BM rows of 128 B
   static constexpr int kB_Bytes = BN * BK * 2;
   static constexpr int kStageBytes = kA_Bytes + kB_Bytes;  // A tile, then B^T tile
@@ -88,12 +85,12 @@ __device__ __forceinline__ void wgmma_m64n128k16<__half>(float (&d)[64], std::ui
 __device__ __forceinline__ int swizzled_offset(int row, int chunk) { return row * 128 + ((chunk ^ (row & 7)) << 4); }
 
 // ------------------------------------------------------------------ the kernel
-template <class T, int HEAD_DIM, RopeMode MODE, bool TABLE, int WARPGROUPS, int STAGES>
-__global__ void __launch_bounds__(WgmmaTile<WARPGROUPS, STAGES>::kThreads, WgmmaTile<WARPGROUPS, STAGES>::kMinBlocks)
+template <class T, int HEAD_DIM, RopeMode MODE, bool TABLE, int WARPGROUPS>
+__global__ void __launch_bounds__(WgmmaTile<WARPGROUPS>::kThreads, WgmmaTile<WARPGROUPS>::kMinBlocks)
     reconstruct_wgmma_kernel(const __grid_constant__ ReconstructArgs p) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  using Tile = WgmmaTile<WARPGROUPS, STAGES>;
-  constexpr int BM = Tile::BM, BN = Tile::BN, BK = Tile::BK;
+  using Tile = WgmmaTile<WARPGROUPS>;
+  constexpr int BM = Tile::BM, BN = Tile::BN, BK = Tile::BK, STAGES = Tile::kStages;
   static_assert(HEAD_DIM == 64 || HEAD_DIM == 128, "wgmma tiles hold whole heads of 64 or 128");
   extern __shared__ __align__(16) unsigned char smem_raw[];
   unsigned char* smem = reinterpret_cast<unsigned char*>((reinterpret_cast<std::uintptr_t>(smem_raw) + 1023) &
@@ -265,34 +262,26 @@ __global__ void __launch_bounds__(WgmmaTile<WARPGROUPS, STAGES>::kThreads, Wgmma
 #endif
 }
 
-template <class T, int HEAD_DIM, RopeMode MODE, bool TABLE, int WARPGROUPS, int STAGES>
-inline void launch_wgmma_tile(const ReconstructArgs& args, std::int64_t ctas, cudaStream_t stream) {
-  using Tile = WgmmaTile<WARPGROUPS, STAGES>;
-  auto kernel = reconstruct_wgmma_kernel<T, HEAD_DIM, MODE, TABLE, WARPGROUPS, STAGES>;
+template <class T, int HEAD_DIM, RopeMode MODE, bool TABLE, int WARPGROUPS>
+inline void launch_wgmma_tile(const ReconstructArgs& args, cudaStream_t stream) {
+  using Tile = WgmmaTile<WARPGROUPS>;
+  auto kernel = reconstruct_wgmma_kernel<T, HEAD_DIM, MODE, TABLE, WARPGROUPS>;
   static std::uint64_t smem_configured = 0;  // per instantiation
   allow_shared_memory(kernel, Tile::kSmemBytes, smem_configured);
-  kernel<<<static_cast<unsigned>(ctas), Tile::kThreads, Tile::kSmemBytes, stream>>>(args);
+  const std::int64_t m_tiles = (args.tokens + Tile::BM - 1) / Tile::BM;
+  const std::int64_t n_tiles = (std::int64_t(args.heads) * HEAD_DIM + Tile::BN - 1) / Tile::BN;
+  XKV_CHECK(m_tiles * n_tiles <= 0x7fffffff, InvalidArgument, "reconstruct: " << args.tokens << " tokens is too many");
+  kernel<<<static_cast<unsigned>(m_tiles * n_tiles), Tile::kThreads, Tile::kSmemBytes, stream>>>(args);
   XKV_CUDA_CHECK(cudaGetLastError());
 }
 
 /// Always the 2-warpgroup tile: on an H200 the 4-warpgroup one (256 rows) ran the dense
 /// n=131072, r=512, 8x128 case in 440 us against 395 us, though it moves a quarter fewer bytes
 /// from L2: with one CTA per SM nothing hides its epilogue and the per-k-tile wgmma drain.
-/// Grids of at most one CTA per SM take the deep pipeline (see WgmmaTile).
 template <class T, int HEAD_DIM, RopeMode MODE, bool TABLE>
 inline void launch_wgmma_typed(const ReconstructArgs& args, cudaStream_t stream) {
   if (args.tokens == 0) return;
-  constexpr int BM = WgmmaTile<2>::BM, BN = WgmmaTile<2>::BN;
-  const std::int64_t m_tiles = (args.tokens + BM - 1) / BM;
-  const std::int64_t n_tiles = (std::int64_t(args.heads) * HEAD_DIM + BN - 1) / BN;
-  XKV_CHECK(m_tiles * n_tiles <= 0x7fffffff, InvalidArgument, "reconstruct: " << args.tokens << " tokens is too many");
-  int device = 0, sms = 0;
-  XKV_CUDA_CHECK(cudaGetDevice(&device));
-  XKV_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-  if (m_tiles * n_tiles <= sms)
-    launch_wgmma_tile<T, HEAD_DIM, MODE, TABLE, 2, 6>(args, m_tiles * n_tiles, stream);
-  else
-    launch_wgmma_tile<T, HEAD_DIM, MODE, TABLE, 2, 3>(args, m_tiles * n_tiles, stream);
+  launch_wgmma_tile<T, HEAD_DIM, MODE, TABLE, 2>(args, stream);
 }
 
 template <class T, int HEAD_DIM>
