@@ -290,7 +290,10 @@ int run(const Options& o) {
   if (wants(o, "passkey")) {
     const auto rows = run_passkey_study(model, tokenizer, o.passkey, passkey_methods(o.quick, o.passkey_methods),
                                         o.out_dir, progress);
-    md << "## Passkey retrieval (seed " << o.passkey.seed << ")\n\n"
+    md << "## Passkey retrieval (seed " << o.passkey.seed << "; "
+       << (o.passkey.question_in_prefill ? "whole prompt prefilled, then compressed"
+                                         : "question read from the compressed context")
+       << ")\n\n"
        << "| length | method | ratio | correct | accuracy | vs uncompressed |\n|---|---|---|---|---|---|\n";
     double base = 0;
     for (const auto& row : rows) {
