@@ -26,7 +26,8 @@ const QueryRecorder::LayerQueries& QueryRecorder::layer(int l) const {
 }
 
 RowMatrix attention_output(const float* queries, std::int64_t rows, int num_heads, int head_dim,
-                           std::int64_t first_position, const model::KvRead& kv, int num_kv_heads) {
+                           std::int64_t first_position, const model::KvRead& kv, int num_kv_heads,
+                           double* first_token_weight) {
   XKV_REQUIRE(rows > 0 && queries != nullptr, "attention_output: " << rows << " query rows");
   XKV_REQUIRE(num_kv_heads > 0 && num_heads % num_kv_heads == 0,
               "attention_output: num_heads " << num_heads << " is not a multiple of num_kv_heads " << num_kv_heads);
@@ -38,6 +39,7 @@ RowMatrix attention_output(const float* queries, std::int64_t rows, int num_head
   const double scale = 1.0 / std::sqrt(double(head_dim));
   RowMatrix out(rows, std::int64_t(num_heads) * head_dim);
   std::vector<double> scores, acc(static_cast<std::size_t>(head_dim));
+  double first_weight_sum = 0;
   for (std::int64_t i = 0; i < rows; ++i) {
     const std::int64_t visible = first_position + i + 1;
     scores.resize(static_cast<std::size_t>(visible));
@@ -54,6 +56,7 @@ RowMatrix attention_output(const float* queries, std::int64_t rows, int num_head
       }
       double total = 0;
       for (auto& s : scores) total += (s = std::exp(s - peak));
+      first_weight_sum += scores[0] / total;
       std::fill(acc.begin(), acc.end(), 0.0);
       for (std::int64_t t = 0; t < visible; ++t) {
         const float* v = kv.values + t * kv_width + kv_offset;
@@ -62,6 +65,7 @@ RowMatrix attention_output(const float* queries, std::int64_t rows, int num_head
       for (int j = 0; j < head_dim; ++j) out(i, std::int64_t(h) * head_dim + j) = static_cast<float>(acc[j] / total);
     }
   }
+  if (first_token_weight) *first_token_weight = first_weight_sum / (double(rows) * num_heads);
   return out;
 }
 
@@ -72,6 +76,18 @@ double relative_error(const RowMatrix& a, const RowMatrix& reference) {
   const double denom = reference.cast<double>().norm();
   XKV_REQUIRE(denom > 0, "relative_error: the reference is zero");
   return (a.cast<double>() - reference.cast<double>()).norm() / denom;
+}
+
+std::vector<double> layer_first_token_attention(const QueryRecorder& recorded, model::KvCache& cache) {
+  std::vector<double> weights;
+  for (int l = 0; l < cache.shape().num_layers; ++l) {
+    const auto& q = recorded.layer(l);
+    double weight = 0;
+    (void)attention_output(q.queries.data(), q.rows, q.num_heads, q.head_dim, q.first_position, cache.read(l),
+                           cache.shape().num_kv_heads, &weight);
+    weights.push_back(weight);
+  }
+  return weights;
 }
 
 std::vector<double> layer_attention_errors(const QueryRecorder& recorded, model::KvCache& reference,

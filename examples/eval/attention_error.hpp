@@ -40,11 +40,17 @@ class QueryRecorder final : public model::ForwardObserver {
 /// Causal grouped-query attention: query row i (position first_position + i) attends to cached
 /// tokens 0 .. first_position + i; query head h reads KV head h / (num_heads / num_kv_heads);
 /// softmax(q k^T / sqrt(head_dim)) v, accumulated in fp64. Returns [rows x num_heads * head_dim].
+/// With first_token_weight, also stores there the mean over rows and heads of the softmax weight
+/// on cached token 0 (how much of the attention sinks into the first token).
 RowMatrix attention_output(const float* queries, std::int64_t rows, int num_heads, int head_dim,
-                           std::int64_t first_position, const model::KvRead& kv, int num_kv_heads);
+                           std::int64_t first_position, const model::KvRead& kv, int num_kv_heads,
+                           double* first_token_weight = nullptr);
 
 /// ||a - b||_F / ||b||_F (b the reference). Throws on shape mismatch or a zero reference.
 double relative_error(const RowMatrix& a, const RowMatrix& reference);
+
+/// Per layer: mean softmax weight of the recorded queries on token 0 of `cache`'s read.
+std::vector<double> layer_first_token_attention(const QueryRecorder& recorded, model::KvCache& cache);
 
 /// Per layer: relative error of attention over `candidate`'s read against `reference`'s read,
 /// both with the queries `recorded`. Both caches must hold first_position + rows tokens.

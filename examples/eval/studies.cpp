@@ -171,6 +171,7 @@ AccuracyResults run_accuracy_study(const model::LlamaModel& model, const std::ve
   std::vector<double> nll_sum(methods.size(), 0), agree(methods.size(), 0), ratio_sum(methods.size(), 0),
       stream_sum(methods.size(), 0);
   std::vector<std::vector<double>> attn_layers(methods.size());
+  std::vector<double> first_token;  // per layer, mean over windows
   double base_nll_sum = 0;
   for (int w = 0; w < options.windows; ++w) {
     const auto begin = text_tokens.begin() + w * window;
@@ -184,6 +185,11 @@ AccuracyResults run_accuracy_study(const model::LlamaModel& model, const std::ve
     const model::RowMatrix base_logits = model.forward(inputs, baseline, model::Logits::All, &queries);
     const double base_nll = mean_nll_of_logits(base_logits, targets);
     base_nll_sum += base_nll * m;
+    {  // how much of the uncompressed model's attention lands on token 0 (the attention sink)
+      const std::vector<double> w0 = layer_first_token_attention(queries, baseline);
+      first_token.resize(w0.size(), 0);
+      for (std::size_t l = 0; l < w0.size(); ++l) first_token[l] += w0[l] / options.windows;
+    }
     const std::vector<std::int32_t> base_top = row_argmax(base_logits);
     {
       std::ostringstream os;
@@ -236,6 +242,18 @@ AccuracyResults run_accuracy_study(const model::LlamaModel& model, const std::ve
                  "perplexity_increase_pct", "top1_agreement", "mean_attention_error", "compress_seconds",
                  "scored_positions"});
   CsvWriter attn(out_dir + "/" + options.csv_name + "_attention_error.csv", {"method", "achieved_ratio", "layer", "relative_error"});
+  {
+    CsvWriter sink(out_dir + "/" + options.csv_name + "_first_token_attention.csv", {"layer", "mean_weight_on_token_0"});
+    double mean = 0;
+    for (std::size_t l = 0; l < first_token.size(); ++l) {
+      sink.row({(long long)l, first_token[l]});
+      mean += first_token[l] / double(first_token.size());
+    }
+    results.mean_first_token_attention = mean;
+    std::ostringstream os;
+    os << "uncompressed model: mean attention weight on token 0 over layers, heads and scored queries " << mean;
+    progress.line(os.str());
+  }
   for (std::size_t i = 0; i < methods.size(); ++i) {
     AccuracyRow& row = rows[i];
     row.prefix_ratio = ratio_sum[i] / options.windows;

@@ -70,6 +70,7 @@ struct AccuracyRow {
 
 struct AccuracyResults {
   double baseline_nll = 0, baseline_perplexity = 0;
+  double mean_first_token_attention = 0;  ///< uncompressed: mean softmax weight on token 0
   std::int64_t scored_positions = 0;
   std::vector<AccuracyRow> rows;
 };

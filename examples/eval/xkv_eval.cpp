@@ -258,6 +258,8 @@ int run(const Options& o) {
     const AccuracyResults r = run_accuracy_study(model, text, options, methods, o.out_dir, progress);
     md << "## " << title << " (prefix " << o.accuracy.prefix_tokens << " compressed, " << r.scored_positions
        << " positions scored; baseline perplexity " << fmt(r.baseline_perplexity, 5) << ")\n\n"
+       << "Uncompressed model: mean attention weight on token 0 (over layers, heads and scored queries) "
+       << fmt(r.mean_first_token_attention, 3) << ".\n\n"
        << "| method | achieved ratio | stream ratio | ranks K/V (first group) | perplexity | increase % | top-1 agreement | attention error |\n"
        << "|---|---|---|---|---|---|---|---|\n";
     for (const auto& row : r.rows) {

@@ -66,6 +66,25 @@ TEST(AttentionOutput, OneVisibleTokenReturnsItsValueAndLaterTokensAreMasked) {
   EXPECT_EQ(first, again);
 }
 
+// Zero queries attend uniformly: row i (position first + i) puts 1 / (first + i + 1) on token 0;
+// a key that dominates the scores takes all the weight.
+TEST(AttentionOutput, FirstTokenWeight) {
+  const int heads = 4, kv_heads = 2, d = 8;
+  const std::int64_t tokens = 10, rows = 3, first = tokens - rows;
+  const std::vector<float> zero_q(std::size_t(rows * heads * d), 0.0f);
+  const std::vector<float> k = row_major(gaussian(tokens, kv_heads * d, 7));
+  const std::vector<float> v = row_major(gaussian(tokens, kv_heads * d, 8));
+  double weight = -1;
+  (void)attention_output(zero_q.data(), rows, heads, d, first, {k.data(), v.data(), tokens}, kv_heads, &weight);
+  double want = 0;
+  for (std::int64_t i = 0; i < rows; ++i) want += 1.0 / double(first + i + 1) / double(rows);
+  EXPECT_NEAR(weight, want, 1e-12);
+  std::vector<float> q(std::size_t(rows * heads * d), 1.0f), sink_k(std::size_t(tokens * kv_heads * d), 0.0f);
+  for (int j = 0; j < kv_heads * d; ++j) sink_k[std::size_t(j)] = 50.0f;  // token 0 only
+  (void)attention_output(q.data(), rows, heads, d, first, {sink_k.data(), v.data(), tokens}, kv_heads, &weight);
+  EXPECT_GT(weight, 1 - 1e-9);
+}
+
 TEST(AttentionOutput, RejectsBadShapes) {
   const std::vector<float> q(8, 1.0f), kv(8, 1.0f);
   EXPECT_THROW((void)attention_output(q.data(), 1, 3, 4, 0, {kv.data(), kv.data(), 1}, 2), xkv::Error);
