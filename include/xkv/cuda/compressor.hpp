@@ -65,7 +65,9 @@ struct GpuCompressorOptions {
   void validate() const;
 };
 
-/// One stream (keys or values) of one group. All pointers are device pointers.
+/// One stream (keys or values) of one group. All pointers are device pointers. To keep the first
+/// s tokens exact (attention sinks, as CacheOptions::sink_tokens does on the CPU), pass views
+/// that start at token s (data + s * token_stride, tokens n - s) and keep those s rows yourself.
 template <class T>
 struct SvdArguments {
   std::span<const KVView<T>> layers;  ///< G views of the same shape and token count
