@@ -161,8 +161,24 @@ void solve_ritz(CompressorState& st, const Plan& plan, double* g, double* mu, co
   }
 }
 
+/// Rows [t0, t0 + rows) of X as a row-major matrix with leading dimension `ld`: X itself when the
+/// layers tile one matrix (plan.direct), else staged into `stage`. With energy_partials, also
+/// kSumBlocks partial sums of their squares.
+template <class T>
+const T* chunk_of_x(const Plan& plan, const LayerTable<T>& tab, std::int64_t t0, std::int64_t rows, T* stage,
+                    double* energy_partials, std::int64_t& ld, cudaStream_t stream) {
+  if (!plan.direct) {
+    gather(plan, tab, t0, rows, 0, plan.d, stage, stream, energy_partials);
+    ld = plan.d;
+    return stage;
+  }
+  if (energy_partials) gather<T>(plan, tab, t0, rows, 0, plan.d, nullptr, stream, energy_partials);
+  ld = plan.x_ld;
+  return tab.data[0] + t0 * plan.x_ld;
+}
+
 /// One sketch pass over X: Z (d x k, fp32) = X^T (X V), chunk by chunk: Y_c = X_c V (in T),
-/// Z += X_c^T Y_c. With energy_partials, the staging also sums ||X_c||^2 (kSumBlocks per chunk).
+/// Z += X_c^T Y_c. With energy_partials, the first read also sums ||X_c||^2 (kSumBlocks per chunk).
 template <class T>
 void sketch_pass(CompressorState& st, const Plan& plan, const LayerTable<T>& tab, const T* v, int k, T* stage, T* yc,
                  float* z, double* energy_partials, cudaStream_t stream) {
@@ -173,11 +189,13 @@ void sketch_pass(CompressorState& st, const Plan& plan, const LayerTable<T>& tab
   for (std::int64_t c = 0; c < chunks; ++c) {
     const std::int64_t t0 = c * plan.chunk_rows;
     const std::int64_t rows = std::min(plan.chunk_rows, n - t0);
-    gather(plan, tab, t0, rows, 0, d, stage, stream, energy_partials ? energy_partials + c * kSumBlocks : nullptr);
+    std::int64_t ld = 0;
+    const T* x = chunk_of_x(plan, tab, t0, rows, stage, energy_partials ? energy_partials + c * kSumBlocks : nullptr,
+                            ld, stream);
     // Y_c (k x rows) = V^T X_c^T ; Z (d x k) += X_c^T Y_c^T in column-major terms.
-    gemm(st.blas, CUBLAS_OP_T, CUBLAS_OP_N, k, rows, d, v, dt, d, stage, dt, d, 0.0f, yc, dt, k, compute);
-    gemm(st.blas, CUBLAS_OP_N, CUBLAS_OP_T, d, k, rows, stage, dt, d, yc, dt, k, c == 0 ? 0.0f : 1.0f, z, CUDA_R_32F,
-         d, compute);
+    gemm(st.blas, CUBLAS_OP_T, CUBLAS_OP_N, k, rows, d, v, dt, d, x, dt, ld, 0.0f, yc, dt, k, compute);
+    gemm(st.blas, CUBLAS_OP_N, CUBLAS_OP_T, d, k, rows, x, dt, ld, yc, dt, k, c == 0 ? 0.0f : 1.0f, z, CUDA_R_32F, d,
+         compute);
   }
 }
 
@@ -190,9 +208,10 @@ void project_rows(CompressorState& st, const Plan& plan, const LayerTable<T>& ta
   for (std::int64_t c = 0; c < chunks; ++c) {
     const std::int64_t t0 = c * plan.chunk_rows;
     const std::int64_t rows = std::min(plan.chunk_rows, n - t0);
-    gather(plan, tab, t0, rows, 0, d, stage, stream);
-    gemm(st.blas, CUBLAS_OP_T, CUBLAS_OP_N, r, rows, d, v, data_type<T>(), d, stage, data_type<T>(), d, 0.0f,
-         a + t0 * r, data_type<T>(), r, fast_compute<T>());
+    std::int64_t ld = 0;
+    const T* x = chunk_of_x(plan, tab, t0, rows, stage, nullptr, ld, stream);
+    gemm(st.blas, CUBLAS_OP_T, CUBLAS_OP_N, r, rows, d, v, data_type<T>(), d, x, data_type<T>(), ld, 0.0f, a + t0 * r,
+         data_type<T>(), r, fast_compute<T>());
   }
 }
 

@@ -76,6 +76,21 @@ bool aligned_for_vectors(std::span<const KVView<T>> layers) {
   return true;
 }
 
+/// True when the layers are column blocks of one row-major matrix whose rows are 16-byte aligned
+/// (a KV cache laid out [tokens, layers, heads, d], or views into one [n x D] buffer).
+template <class T>
+bool tiles_one_matrix(std::span<const KVView<T>> layers) {
+  const KVView<T>& first = layers[0];
+  const std::int64_t width = first.width();
+  if (first.head_stride != first.head_dim || first.token_stride < std::int64_t(layers.size()) * width) return false;
+  for (std::size_t l = 0; l < layers.size(); ++l) {
+    const KVView<T>& v = layers[l];
+    if (v.token_stride != first.token_stride || v.head_stride != first.head_stride) return false;
+    if (v.data != first.data + std::int64_t(l) * width) return false;
+  }
+  return aligned_for_vectors(layers);
+}
+
 std::int64_t round_down(std::int64_t v, std::int64_t multiple) { return std::max(multiple, v / multiple * multiple); }
 
 template <class T>
@@ -93,6 +108,8 @@ Plan make_plan(CompressorState& st, const GpuCompressorOptions& opt, const SvdAr
   p.rank_capacity = args.rank_capacity > 0 ? args.rank_capacity : args.rank;
   p.power_iterations = opt.power_iterations;
   p.vector_loads = aligned_for_vectors(args.layers);
+  p.direct = method != GpuSvdMethod::Exact && tiles_one_matrix(args.layers);
+  p.x_ld = first.token_stride;
 
   const std::size_t st_bytes = sizeof(T);
   const double input_bytes = double(p.n) * double(p.d) * double(st_bytes);
@@ -139,7 +156,7 @@ Plan make_plan(CompressorState& st, const GpuCompressorOptions& opt, const SvdAr
       }
     }
     p.off_chol = arena.take(CholeskyWorkspace::doubles(k) * sizeof(double));
-    p.off_stage = arena.take(std::size_t(p.chunk_rows * d) * st_bytes);
+    p.off_stage = arena.take(p.direct ? 0 : std::size_t(p.chunk_rows * d) * st_bytes);
     p.off_yc = arena.take(std::size_t(p.chunk_rows) * k * st_bytes);
     p.off_z = arena.take(std::size_t(d) * k * sizeof(float));
     p.off_zd = arena.take(std::size_t(d) * k * sizeof(double));

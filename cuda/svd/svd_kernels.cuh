@@ -67,7 +67,8 @@ __device__ __forceinline__ void block_sum_to(double s, double* __restrict__ part
 /// is element (c % head_dim) of head (c / head_dim) % heads of layer c / (heads*head_dim).
 /// VEC elements move per thread; the host picks VEC > 1 only when every address is aligned.
 /// With ENERGY the kernel also writes this block's sum of squares to partial[blockIdx.x] (it
-/// reads every element anyway; a separate pass over the chunk would cost as much as the copy).
+/// reads every element anyway; a separate pass over the chunk would cost as much as the copy);
+/// dst may then be null (X read in place: only the sum is wanted).
 /// The sum depends only on the grid size, so a fixed grid gives bit-identical energies.
 template <class T, int VEC, bool ENERGY = false>
 __global__ void __launch_bounds__(256) gather_chunk_kernel(LayerTable<T> tab, std::int64_t t0, std::int64_t rows,
@@ -87,14 +88,16 @@ __global__ void __launch_bounds__(256) gather_chunk_kernel(LayerTable<T> tab, st
     const int head = within / tab.head_dim;
     const int i = within - head * tab.head_dim;
     const T* src = tab.data[layer] + (t0 + row) * tab.token_stride[layer] + head * tab.head_stride[layer] + i;
-    T* out = dst + row * cols + col;
+    T* out = ENERGY && !dst ? nullptr : dst + row * cols + col;
     T vals[VEC];
     if constexpr (VEC * sizeof(T) == 16) {
       const uint4 raw = __ldg(reinterpret_cast<const uint4*>(src));
-      *reinterpret_cast<uint4*>(out) = raw;
+      if (!ENERGY || dst) *reinterpret_cast<uint4*>(out) = raw;
       memcpy(vals, &raw, sizeof(raw));
     } else {
-      for (int v = 0; v < VEC; ++v) out[v] = vals[v] = src[v];
+      for (int v = 0; v < VEC; ++v) vals[v] = src[v];
+      if (!ENERGY || dst)
+        for (int v = 0; v < VEC; ++v) out[v] = vals[v];
     }
     if constexpr (ENERGY) {
 #pragma unroll

@@ -76,6 +76,10 @@ struct Plan {
   std::int64_t chunk_rows = 0;  ///< tokens staged at once
   std::int64_t panel_cols = 0;  ///< exact, rows side: columns staged at once (inside one layer)
   bool vector_loads = false;    ///< every layer address is 16-byte aligned in the staging kernel
+  /// The layers tile one row-major matrix (layer l's token t at data[0] + t * x_ld + l * width,
+  /// heads contiguous): the sketch GEMMs read X in place and nothing is staged.
+  bool direct = false;
+  std::int64_t x_ld = 0;  ///< direct: elements between consecutive tokens of X
 
   std::size_t solver_bytes = 0;
   std::size_t off_stage = 0, off_yc = 0, off_z = 0, off_zd = 0, off_vd = 0, off_v = 0, off_vrt = 0, off_g = 0,

@@ -108,7 +108,7 @@ TYPED_TEST(GpuSvd, ExactRowGramWhenTokensFewerThanColumns) {
 TYPED_TEST(GpuSvd, RandomizedWithinOnePercentOfOptimum) {
   XKV_SKIP_WITHOUT_GPU();
   using T = TypeParam;
-  for (const Layout layout : {Layout::TokenMajorPadded, Layout::HeadMajor}) {
+  for (const Layout layout : {Layout::TokenMajorPadded, Layout::HeadMajor, Layout::Interleaved}) {
     const auto x = spectrum_matrix(1000, 256, 0.7, test_seed() + 2);
     const auto g = upload<T>(x, 4, 2, 32, layout);
     const int r = 40;
@@ -143,7 +143,7 @@ TYPED_TEST(GpuSvd, RandomizedWithFewTokensAndLittleOversampling) {
 TYPED_TEST(GpuSvd, SubspaceNearOptimumWithoutRitzProblem) {
   XKV_SKIP_WITHOUT_GPU();
   using T = TypeParam;
-  for (const Layout layout : {Layout::TokenMajorPadded, Layout::HeadMajor}) {
+  for (const Layout layout : {Layout::TokenMajorPadded, Layout::HeadMajor, Layout::Interleaved}) {
     const auto x = spectrum_matrix(1000, 256, 0.7, test_seed() + 12);
     const auto g = upload<T>(x, 4, 2, 32, layout);
     const int r = 40;
@@ -221,6 +221,27 @@ TYPED_TEST(GpuSvd, AwkwardSizes) {
                            : method == GpuSvdMethod::Subspace ? 1.03
                                                               : 1.01;
       EXPECT_LE(err_over_opt(g.stored, run.h.a, run.h.b, s, c.rank), bound);
+    }
+  }
+}
+
+// Enough tokens for several staged chunks (4 MiB each, the last one partial), in separate layer
+// buffers and read in place from one interleaved buffer.
+TYPED_TEST(GpuSvd, SeveralChunksStagedOrInPlace) {
+  XKV_SKIP_WITHOUT_GPU();
+  using T = TypeParam;
+  const auto x = spectrum_matrix(20001, 256, 0.7, test_seed() + 13);
+  for (const Layout layout : {Layout::TokenMajorPadded, Layout::Interleaved}) {
+    const auto g = upload<T>(x, 4, 2, 32, layout);
+    const auto s = reference_singular_values(g.stored);
+    for (const auto method : {GpuSvdMethod::Randomized, GpuSvdMethod::Subspace}) {
+      SCOPED_TRACE(::testing::Message() << "layout " << int(layout) << " method " << int(method));
+      auto opt = with_method(method);
+      opt.power_iterations = 4;
+      const auto run = run_gpu(g, 24, opt);
+      ASSERT_TRUE(all_finite(run.h));
+      EXPECT_LE(err_over_opt(g.stored, run.h.a, run.h.b, s, 24), 1.01);
+      EXPECT_NEAR(run.h.total_energy, g.stored.squaredNorm(), 1e-5 * g.stored.squaredNorm());
     }
   }
 }

@@ -63,7 +63,9 @@ inline Eigen::MatrixXd spectrum_matrix(std::int64_t n, std::int64_t d, double de
   return left * right / std::sqrt(double(d));
 }
 
-enum class Layout { TokenMajorPadded, HeadMajor };
+/// TokenMajorPadded / HeadMajor: one buffer per layer. Interleaved: one [n x (G*H*d + pad)]
+/// buffer whose column blocks are the layers (the compressor then reads X in place).
+enum class Layout { TokenMajorPadded, HeadMajor, Interleaved };
 
 /// A group's layers on the device in a strided layout, with the out-of-view elements filled with
 /// a large value, so that reading them would wreck the error.
@@ -88,6 +90,22 @@ DeviceGroup<T> upload(const Eigen::MatrixXd& x, int layers, int heads, int head_
   const int width = heads * head_dim;
   EXPECT_EQ(x.cols(), std::int64_t(layers) * width);
   g.stored.resize(x.rows(), x.cols());
+  if (layout == Layout::Interleaved) {
+    const std::int64_t stride = std::int64_t(layers) * width + pad;
+    std::vector<T> host(std::size_t(g.n * stride), from_float<T>(1.0e4f));
+    for (std::int64_t t = 0; t < g.n; ++t)
+      for (std::int64_t col = 0; col < x.cols(); ++col) {
+        const T val = from_float<T>(float(x(t, col)));
+        host[std::size_t(t * stride + col)] = val;
+        g.stored(t, col) = to_float(val);
+      }
+    g.buffers.emplace_back(host.size());
+    XKV_CUDA_CHECK(cudaMemcpy(g.buffers.back().get(), host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice));
+    XKV_CUDA_CHECK(cudaDeviceSynchronize());  // legacy-stream copy vs the non-blocking run stream
+    for (int l = 0; l < layers; ++l)
+      g.views.push_back({g.buffers.back().get() + std::int64_t(l) * width, g.n, heads, head_dim, stride, head_dim});
+    return g;
+  }
   for (int l = 0; l < layers; ++l) {
     KVView<T> v{};
     std::size_t elems = 0;
