@@ -18,6 +18,16 @@ xkv::RopeConfig test_rope() {
   return c;
 }
 
+/// `layers` layers of n random tokens each, keys and values, token-major.
+template <class T>
+void random_layers(Rng& rng, std::int64_t n, std::vector<LayerBuffer<T>>& keys, std::vector<LayerBuffer<T>>& values,
+                   int layers = kLayers) {
+  for (int l = 0; l < layers; ++l) {
+    keys.push_back(split_layers<T>(rng.gaussian(n, kWidth), 1, kHeads, kHeadDim)[0]);
+    values.push_back(split_layers<T>(rng.gaussian(n, kWidth), 1, kHeads, kHeadDim)[0]);
+  }
+}
+
 /// Five layers, groups {0,1} and {2,3}, layer 4 uncompressed; n prefix tokens.
 template <class T>
 struct CacheFixture {
@@ -30,10 +40,7 @@ struct CacheFixture {
                xkv::RankPolicy policy = xkv::RankPolicy::fixed(6, 9))
       : n(tokens) {
     Rng rng(salt);
-    for (int l = 0; l < kLayers; ++l) {
-      keys.push_back(split_layers<T>(rng.gaussian(n, kWidth), 1, kHeads, kHeadDim)[0]);
-      values.push_back(split_layers<T>(rng.gaussian(n, kWidth), 1, kHeads, kHeadDim)[0]);
-    }
+    random_layers(rng, n, keys, values);
     options.grouping = xkv::LayerGrouping::consecutive(kLayers, 2, 0, 4);
     options.policy = policy;
     options.rope = test_rope();
@@ -250,10 +257,7 @@ TYPED_TEST(Cache, NoGroupsMeansUncompressed) {
   Rng rng(708);
   const std::int64_t n = 9;
   std::vector<LayerBuffer<T>> k, v;
-  for (int l = 0; l < 2; ++l) {
-    k.push_back(split_layers<T>(rng.gaussian(n, kWidth), 1, kHeads, kHeadDim)[0]);
-    v.push_back(split_layers<T>(rng.gaussian(n, kWidth), 1, kHeads, kHeadDim)[0]);
-  }
+  random_layers(rng, n, k, v, 2);
   xkv::CacheOptions options;
   options.rope = test_rope();
   const xkv::ModelShape shape{.num_layers = 2, .num_kv_heads = kHeads, .head_dim = kHeadDim};
@@ -272,10 +276,7 @@ TYPED_TEST(Cache, SinkTokensStayExactAndTheFactorsCoverTheRest) {
   const std::int64_t n = 37, offset = 5, sinks = 3;
   Rng rng(720);
   std::vector<LayerBuffer<T>> k, v;
-  for (int l = 0; l < kLayers; ++l) {
-    k.push_back(split_layers<T>(rng.gaussian(n, kWidth), 1, kHeads, kHeadDim)[0]);
-    v.push_back(split_layers<T>(rng.gaussian(n, kWidth), 1, kHeads, kHeadDim)[0]);
-  }
+  random_layers(rng, n, k, v);
   xkv::CacheOptions options;
   options.grouping = xkv::LayerGrouping::consecutive(kLayers, 2, 0, 4);
   options.policy = xkv::RankPolicy::fixed(6, 9);
@@ -339,10 +340,7 @@ TYPED_TEST(Cache, SinksCoveringThePrefixKeepEverything) {
   Rng rng(721);
   const std::int64_t n = 4;
   std::vector<LayerBuffer<T>> k, v;
-  for (int l = 0; l < kLayers; ++l) {
-    k.push_back(split_layers<T>(rng.gaussian(n, kWidth), 1, kHeads, kHeadDim)[0]);
-    v.push_back(split_layers<T>(rng.gaussian(n, kWidth), 1, kHeads, kHeadDim)[0]);
-  }
+  random_layers(rng, n, k, v);
   xkv::CacheOptions options;
   options.grouping = xkv::LayerGrouping::consecutive(kLayers, 2, 0, 4);
   options.rope = test_rope();
