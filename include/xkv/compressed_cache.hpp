@@ -38,8 +38,10 @@ struct CacheOptions {
   /// Leading tokens of every grouped layer kept exact instead of factored (attention sinks): the
   /// first token of a real model draws much of every head's attention, so a small absolute error
   /// in its key or value costs far more than the same error elsewhere. They count in bytes() like
-  /// any stored data; the factors cover tokens [sink_tokens, prefix). 0 (the default) factors
-  /// every token, as the xKV paper does; 1 to 16 is what the published results use.
+  /// any stored data; the factors cover tokens [sink_tokens, prefix), and the rank policy sees
+  /// only those (a ratio policy then holds for the factored tokens, the whole cache lands a little
+  /// below it). 0 (the default) factors every token, as the xKV paper does; 1 to 16 is what the
+  /// published results use.
   std::int64_t sink_tokens = 0;
 };
 
