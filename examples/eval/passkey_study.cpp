@@ -90,37 +90,26 @@ std::vector<PasskeySummaryRow> run_passkey_study(const model::LlamaModel& model,
                  label, ratio, (long long)ok, output});
         return ok;
       };
+      // Prefill flow (the engine's): the whole prompt is prefilled with exact attention, its cache
+      // is compressed, and only the answer tokens after the first read the compressed cache.
+      // Follow-up flow: the context's cache is compressed and the question is read through it.
+      model::PlainKvCache prompt = context;
+      model::RowMatrix first_logits;
+      if (options.question_in_prefill) first_logits = model.forward(trial.question, prompt, model::Logits::Last);
+      const auto answer = [&](model::KvCache& cache) {
+        return options.question_in_prefill
+                   ? greedy_answer(model, tokenizer, cache, first_logits, options.max_new_tokens)
+                   : decode_answer(model, tokenizer, cache, trial.question, options.max_new_tokens);
+      };
       std::ostringstream line;
-      if (options.question_in_prefill) {
-        // The engine's flow: the whole prompt is prefilled with exact attention, its cache is
-        // compressed, and only the answer tokens after the first read the compressed cache.
-        model::PlainKvCache prompt = context;
-        const model::RowMatrix first_logits = model.forward(trial.question, prompt, model::Logits::Last);
-        {
-          model::PlainKvCache plain = prompt;
-          const bool ok = record(0, "uncompressed", 1.0,
-                                 greedy_answer(model, tokenizer, plain, first_logits, options.max_new_tokens));
-          line << "uncompressed " << (ok ? "ok" : "MISS");
-        }
-        for (std::size_t i = 0; i < methods.size(); ++i) {
-          PreparedCache prep = prepare_cache(methods[i], prompt);
-          const bool ok = record(i + 1, methods[i].label(), prep.prefix_ratio,
-                                 greedy_answer(model, tokenizer, *prep.cache, first_logits, options.max_new_tokens));
-          line << ", " << methods[i].label() << " " << (ok ? "ok" : "MISS");
-        }
-      } else {
-        {  // baseline first: the plain cache itself
-          model::PlainKvCache plain = context;
-          const bool ok = record(0, "uncompressed", 1.0,
-                                 decode_answer(model, tokenizer, plain, trial.question, options.max_new_tokens));
-          line << "uncompressed " << (ok ? "ok" : "MISS");
-        }
-        for (std::size_t i = 0; i < methods.size(); ++i) {
-          PreparedCache prep = prepare_cache(methods[i], context);
-          const bool ok = record(i + 1, methods[i].label(), prep.prefix_ratio,
-                                 decode_answer(model, tokenizer, *prep.cache, trial.question, options.max_new_tokens));
-          line << ", " << methods[i].label() << " " << (ok ? "ok" : "MISS");
-        }
+      {  // baseline first: the plain cache itself
+        model::PlainKvCache plain = prompt;
+        line << "uncompressed " << (record(0, "uncompressed", 1.0, answer(plain)) ? "ok" : "MISS");
+      }
+      for (std::size_t i = 0; i < methods.size(); ++i) {
+        PreparedCache prep = prepare_cache(methods[i], prompt);
+        const bool ok = record(i + 1, methods[i].label(), prep.prefix_ratio, answer(*prep.cache));
+        line << ", " << methods[i].label() << " " << (ok ? "ok" : "MISS");
       }
       ++done[li];
       const double elapsed = progress.elapsed() - start;
