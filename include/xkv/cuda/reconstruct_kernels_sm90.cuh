@@ -275,35 +275,4 @@ inline void launch_wgmma_tile(const ReconstructArgs& args, cudaStream_t stream) 
   XKV_CUDA_CHECK(cudaGetLastError());
 }
 
-/// Always the 2-warpgroup tile: on an H200 the 4-warpgroup one (256 rows) ran the dense
-/// n=131072, r=512, 8x128 case in 440 us against 395 us, though it moves a quarter fewer bytes
-/// from L2: with one CTA per SM nothing hides its epilogue and the per-k-tile wgmma drain.
-template <class T, int HEAD_DIM, RopeMode MODE, bool TABLE>
-inline void launch_wgmma_typed(const ReconstructArgs& args, cudaStream_t stream) {
-  if (args.tokens == 0) return;
-  launch_wgmma_tile<T, HEAD_DIM, MODE, TABLE, 2>(args, stream);
-}
-
-template <class T, int HEAD_DIM>
-inline void dispatch_wgmma_rope(const ReconstructArgs& args, RopeMode mode, bool table, cudaStream_t stream) {
-  switch (mode) {
-    case RopeMode::None: return launch_wgmma_typed<T, HEAD_DIM, RopeMode::None, false>(args, stream);
-    case RopeMode::HalfSplit:
-      return table ? launch_wgmma_typed<T, HEAD_DIM, RopeMode::HalfSplit, true>(args, stream)
-                   : launch_wgmma_typed<T, HEAD_DIM, RopeMode::HalfSplit, false>(args, stream);
-    case RopeMode::Interleaved:
-      return table ? launch_wgmma_typed<T, HEAD_DIM, RopeMode::Interleaved, true>(args, stream)
-                   : launch_wgmma_typed<T, HEAD_DIM, RopeMode::Interleaved, false>(args, stream);
-  }
-}
-
-template <class T>
-inline void dispatch_wgmma(const ReconstructArgs& args, RopeMode mode, bool table, cudaStream_t stream) {
-  XKV_REQUIRE(wgmma_supports(args.head_dim, mode, args.rotary_dim),
-              "reconstruct: the wgmma kernel does not handle head_dim " << args.head_dim << " with rotary dims "
-                                                                        << args.rotary_dim);
-  if (args.head_dim == 64) return dispatch_wgmma_rope<T, 64>(args, mode, table, stream);
-  return dispatch_wgmma_rope<T, 128>(args, mode, table, stream);
-}
-
 }  // namespace xkv::cuda::detail

@@ -1,0 +1,384 @@
+// Hopper (sm_90a) persistent kernel of the fused reconstruct-then-RoPE for dense token ranges.
+//
+// Why a second sm_90 kernel: the tiled wgmma kernel (reconstruct_kernels_sm90.cuh) stops at every
+// k-tile (all threads load with cp.async, a CTA barrier, wgmma drained to zero) and its 128 x 128
+// tile re-reads B^T from shared memory once per 64 rows. Here one thread streams A and B^T tiles
+// with TMA into a ring of stages guarded by mbarriers, two consumer warpgroups keep wgmma fed
+// (the ring's next stage is loaded while they multiply), and one CTA per SM walks the tiles
+// persistently, so the next tile's loads run under the current tile's RoPE epilogue.
+// Tile: 128 tokens x 256 columns (two heads of 128 or four of 64), 64 of the rank per stage.
+// Gathered selections cannot use tiled TMA copies (their rows are arbitrary): the tiled kernel
+// keeps them.
+#pragma once
+
+#include <cuda.h>
+#include <cudaTypedefs.h>
+
+#include <type_traits>
+
+#include "xkv/cuda/reconstruct_kernels_sm90.cuh"
+
+namespace xkv::cuda::detail {
+
+struct TmaTile {
+  static constexpr int BM = 128, BN = 256, BK = 64;
+  static constexpr int kStages = 4;
+  static constexpr int kConsumers = 2;                 // warpgroups of 64 rows each
+  static constexpr int kThreads = 128 * (kConsumers + 1);  // + the producer warpgroup
+  static constexpr int kA_Bytes = BM * BK * 2;
+  static constexpr int kB_Bytes = BN * BK * 2;
+  static constexpr int kStageBytes = kA_Bytes + kB_Bytes;
+  static constexpr int kSmemBytes = 1024 + kStages * kStageBytes + 8 * kMaxRopePairs + 2 * kStages * 8;
+  static_assert(kSmemBytes <= 227 * 1024, "shared memory per SM");
+};
+
+/// Kernel parameter: the two TMA descriptors (64-byte aligned, in parameter space) and the args.
+struct alignas(64) TmaReconstructArgs {
+  CUtensorMap a_map;   ///< A: rank (inner) x a_rows, box 64 x BM, 128-byte swizzle
+  CUtensorMap bt_map;  ///< B^T: rank (inner) x heads*head_dim, box 64 x BN
+  ReconstructArgs p;
+};
+
+// ------------------------------------------------------------------ mbarrier and TMA helpers
+__device__ __forceinline__ void mbarrier_init(std::uint64_t* bar, unsigned count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(smem_address(bar)), "r"(count) : "memory");
+}
+__device__ __forceinline__ void mbarrier_arrive_expect_tx(std::uint64_t* bar, unsigned bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(smem_address(bar)), "r"(bytes)
+               : "memory");
+}
+__device__ __forceinline__ void mbarrier_arrive(std::uint64_t* bar) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(smem_address(bar)) : "memory");
+}
+/// Spins until the phase of parity `parity` has completed.
+__device__ __forceinline__ void mbarrier_wait(std::uint64_t* bar, unsigned parity) {
+  asm volatile(
+      "{\n.reg .pred done;\nLAB_WAIT:\n"
+      "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
+      "@!done bra LAB_WAIT;\n}\n" ::"r"(smem_address(bar)),
+      "r"(parity)
+      : "memory");
+}
+/// 2-D tiled TMA load of the box at (inner c0, outer c1) into shared memory; completes on `bar`.
+__device__ __forceinline__ void tma_load_2d(void* dst, const CUtensorMap* map, int c0, int c1, std::uint64_t* bar) {
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];\n" ::"r"(
+          smem_address(dst)),
+      "l"(reinterpret_cast<std::uint64_t>(map)), "r"(c0), "r"(c1), "r"(smem_address(bar))
+      : "memory");
+}
+
+template <int N>
+__device__ __forceinline__ void fence_accumulators(float (&d)[N]) {
+#pragma unroll
+  for (int i = 0; i < N; ++i) asm volatile("" : "+f"(d[i])::"memory");
+}
+
+// wgmma m64n256k16, fp32 accumulators, both operands K-major in shared memory.
+#define XKV_WGMMA_M64N256K16(TYPE)                                                             \
+  asm volatile(                                                                              \
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %130, 0;\n"                                          \
+      "wgmma.mma_async.sync.aligned.m64n256k16.f32." TYPE "." TYPE " {"                      \
+      "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "    \
+      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "    \
+      "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "    \
+      "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, "    \
+      "%64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, "    \
+      "%80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, "    \
+      "%96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, "    \
+      "%112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127"    \
+      "}, %128, %129, p, 1, 1, 0, 0;\n}\n"                                                   \
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), \
+      "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), \
+      "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), \
+      "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), \
+      "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), \
+      "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), \
+      "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), \
+      "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]), \
+      "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]), \
+      "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]), \
+      "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]), \
+      "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95]), \
+      "+f"(d[96]), "+f"(d[97]), "+f"(d[98]), "+f"(d[99]), "+f"(d[100]), "+f"(d[101]), "+f"(d[102]), "+f"(d[103]), \
+      "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]), "+f"(d[110]), "+f"(d[111]), \
+      "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]), \
+      "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127]) \
+      : "l"(desc_a), "l"(desc_b), "r"(1))
+
+template <class T>
+__device__ __forceinline__ void wgmma_m64n256k16(float (&d)[128], std::uint64_t desc_a, std::uint64_t desc_b) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  if constexpr (std::is_same_v<T, __nv_bfloat16>)
+    XKV_WGMMA_M64N256K16("bf16");
+  else
+    XKV_WGMMA_M64N256K16("f16");
+#endif
+}
+#undef XKV_WGMMA_M64N256K16
+
+// ------------------------------------------------------------------ the kernel
+template <class T, int HEAD_DIM, RopeMode MODE, bool TABLE>
+__global__ void __launch_bounds__(TmaTile::kThreads, 1)
+    reconstruct_tma_kernel(const __grid_constant__ TmaReconstructArgs args) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  using Tile = TmaTile;
+  constexpr int BM = Tile::BM, BN = Tile::BN, BK = Tile::BK, STAGES = Tile::kStages;
+  static_assert(HEAD_DIM == 64 || HEAD_DIM == 128, "tiles hold whole heads of 64 or 128");
+  const ReconstructArgs& p = args.p;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  unsigned char* smem = reinterpret_cast<unsigned char*>((reinterpret_cast<std::uintptr_t>(smem_raw) + 1023) &
+                                                         ~std::uintptr_t(1023));
+  double* inv_freq = reinterpret_cast<double*>(smem + STAGES * Tile::kStageBytes);
+  std::uint64_t* full = reinterpret_cast<std::uint64_t*>(inv_freq + kMaxRopePairs);  // stage loaded
+  std::uint64_t* empty = full + STAGES;                                               // stage consumed
+
+  const int tid = threadIdx.x;
+  const int width = p.heads * HEAD_DIM;
+  const int n_tiles = (width + BN - 1) / BN;
+  const std::int64_t tiles = (p.tokens + BM - 1) / BM * n_tiles;
+  const int k_tiles = (p.rank + BK - 1) / BK;
+
+  if (tid == 0) {
+    for (int s = 0; s < STAGES; ++s) {
+      mbarrier_init(&full[s], 1);                   // the producer's arrive + the TMA bytes
+      mbarrier_init(&empty[s], Tile::kConsumers);   // one arrive per consumer warpgroup
+    }
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+  }
+  if constexpr (MODE != RopeMode::None && !TABLE)
+    for (int i = tid; i < p.rotary_dim / 2; i += Tile::kThreads) inv_freq[i] = p.inv_freq[i];
+  __syncthreads();  // the last CTA-wide barrier: the roles below never meet again
+
+  if (tid < 128) {  // producer warpgroup: one thread issues every copy
+    // Registers move to the consumers, whose 128 accumulators and RoPE epilogue need them.
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n" ::: "memory");
+    if (tid == 0) {
+      int stage = 0;
+      unsigned phase = 0;
+      for (std::int64_t tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+        const int row0 = static_cast<int>(p.token_begin + tile / n_tiles * BM);
+        const int col0 = static_cast<int>(tile % n_tiles) * BN;
+        for (int kt = 0; kt < k_tiles; ++kt) {
+          mbarrier_wait(&empty[stage], phase ^ 1);  // a fresh barrier passes parity 1 at once
+          unsigned char* dst = smem + stage * Tile::kStageBytes;
+          mbarrier_arrive_expect_tx(&full[stage], Tile::kStageBytes);
+          tma_load_2d(dst, &args.a_map, kt * BK, row0, &full[stage]);
+          tma_load_2d(dst + Tile::kA_Bytes, &args.bt_map, kt * BK, col0, &full[stage]);
+          if (++stage == STAGES) stage = 0, phase ^= 1;
+        }
+      }
+    }
+    return;
+  }
+
+  // Consumer warpgroup cw computes rows [64 cw, 64 cw + 64) of each tile. Accumulator i of this
+  // thread: row 16*(warp%4) + lane/4 + 8*((i/2)%2), column 8*(i/4) + 2*(lane%4) + i%2.
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n" ::: "memory");
+  const int cw = tid / 128 - 1, warp = (tid / 32) & 3, lane = tid & 31, q = lane & 3;
+  const std::uint32_t smem_base = smem_address(smem);
+  T* out = static_cast<T*>(p.out);
+  int stage = 0;
+  unsigned phase = 0;
+  float acc[128];
+  for (std::int64_t tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+    const std::int64_t m0 = tile / n_tiles * BM;
+    const int n0 = static_cast<int>(tile % n_tiles) * BN;
+#pragma unroll
+    for (int i = 0; i < 128; ++i) acc[i] = 0.f;
+    int previous = -1;
+    for (int kt = 0; kt < k_tiles; ++kt) {
+      mbarrier_wait(&full[stage], phase);
+      const std::uint32_t a_tile = smem_base + stage * Tile::kStageBytes + cw * 64 * 128;
+      const std::uint32_t b_tile = smem_base + stage * Tile::kStageBytes + Tile::kA_Bytes;
+      fence_accumulators(acc);
+      wgmma_fence();
+#pragma unroll
+      for (int kk = 0; kk < BK / 16; ++kk)
+        wgmma_m64n256k16<T>(acc, wgmma_descriptor(a_tile + kk * 32), wgmma_descriptor(b_tile + kk * 32));
+      wgmma_commit();
+      wgmma_wait<1>();  // the previous stage's products are done: hand it back to the producer
+      fence_accumulators(acc);
+      if (previous >= 0 && (tid & 127) == 0) mbarrier_arrive(&empty[previous]);
+      previous = stage;
+      if (++stage == STAGES) stage = 0, phase ^= 1;
+    }
+    wgmma_wait<0>();
+    fence_accumulators(acc);
+    if ((tid & 127) == 0) mbarrier_arrive(&empty[previous]);
+
+    // Epilogue: RoPE on the accumulators (cos/sin once per row and pair, for every head of the
+    // tile), then 16-byte stores. Every branch up to the stores is uniform per row, and a row's
+    // four threads (a quad) stay together for the shuffles.
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const std::int64_t t = m0 + cw * 64 + warp * 16 + (lane >> 2) + 8 * half;
+      std::int64_t token = 0, position = 0, base = -1;
+      if (t < p.tokens) {
+        resolve_token(p, t, token, position);  // dense: the range was validated on the host
+        base = output_row_base(p, t);
+        if (base < 0 && q == 0 && p.error_flag) atomicOr(p.error_flag, kBadOutputRow);
+      }
+      bool ok = true;
+      constexpr int kBlocksPerHead = HEAD_DIM / 8, kHeads = BN / HEAD_DIM;
+      if constexpr (MODE == RopeMode::HalfSplit) {  // pair (i, i + d/2) of every head
+#pragma unroll
+        for (int jj = 0; jj < kBlocksPerHead / 2; ++jj)
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            float s = 0.f, c = 0.f;
+            ok &= rope_cos_sin<TABLE>(p, inv_freq, position, 8 * jj + 2 * q + e, s, c);
+#pragma unroll
+            for (int h = 0; h < kHeads; ++h) {
+              const int i1 = (h * kBlocksPerHead + jj) * 4 + half * 2 + e;
+              const int i2 = i1 + kBlocksPerHead / 2 * 4;
+              const float x = acc[i1], y = acc[i2];
+              acc[i1] = x * c - y * s;
+              acc[i2] = x * s + y * c;
+            }
+          }
+      } else if constexpr (MODE == RopeMode::Interleaved) {  // pairs (2i, 2i+1) of the first rotary_dim
+#pragma unroll
+        for (int j = 0; j < kBlocksPerHead; ++j) {
+          if (8 * j >= p.rotary_dim) break;
+          float s = 0.f, c = 0.f;
+          ok &= rope_cos_sin<TABLE>(p, inv_freq, position, 4 * j + q, s, c);
+#pragma unroll
+          for (int h = 0; h < kHeads; ++h) {
+            const int i1 = (h * kBlocksPerHead + j) * 4 + half * 2;
+            const float x = acc[i1], y = acc[i1 + 1];
+            acc[i1] = x * c - y * s;
+            acc[i1 + 1] = x * s + y * c;
+          }
+        }
+      }
+      if (!ok && base >= 0 && q == 0 && p.error_flag) atomicOr(p.error_flag, kBadPosition);
+      const float nan = __int_as_float(0x7fc00000);
+      // Thread q holds columns 2q, 2q+1 of each 8-column block; across four blocks the quad
+      // transposes so that thread q holds all of block q: one 16-byte store instead of four.
+#pragma unroll
+      for (int g = 0; g < BN / 32; ++g) {
+        if (n0 + 32 * g >= width) break;  // whole heads: the rest of the tile is past the last head
+        std::uint32_t v[4];
+#pragma unroll
+        for (int b = 0; b < 4; ++b) {
+          const int i = (4 * g + b) * 4 + half * 2;
+          v[b] = ok ? ElementTraits<T>::pack(acc[i], acc[i + 1]) : ElementTraits<T>::pack(nan, nan);
+        }
+        auto pick = [&](int b) { return b == 0 ? v[0] : b == 1 ? v[1] : b == 2 ? v[2] : v[3]; };
+        const std::uint32_t own = pick(q);
+        const std::uint32_t from1 = __shfl_xor_sync(0xffffffffu, pick(q ^ 1), 1);  // thread q^1's part of block q
+        const std::uint32_t from2 = __shfl_xor_sync(0xffffffffu, pick(q ^ 2), 2);
+        const std::uint32_t from3 = __shfl_xor_sync(0xffffffffu, pick(q ^ 3), 3);
+        auto part = [&](int k) {  // columns 2k, 2k+1 of block q come from thread k = q ^ s
+          const int s = k ^ q;
+          return s == 0 ? own : s == 1 ? from1 : s == 2 ? from2 : from3;
+        };
+        if (base >= 0) {
+          const int col = n0 + 32 * g + 8 * q;
+          const int head = col / HEAD_DIM, dim = col % HEAD_DIM;
+          *reinterpret_cast<uint4*>(out + base + head * p.out_head_stride + dim) =
+              make_uint4(part(0), part(1), part(2), part(3));
+        }
+      }
+    }
+  }
+#endif
+}
+
+// ------------------------------------------------------------------ host side
+/// cuTensorMapEncodeTiled through the runtime's driver entry point (no link to libcuda).
+inline PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
+  static PFN_cuTensorMapEncodeTiled_v12000 encode = [] {
+    void* fn = nullptr;
+    cudaDriverEntryPointQueryResult found{};
+    XKV_CUDA_CHECK(cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000, cudaEnableDefault, &found));
+    XKV_CHECK(found == cudaDriverEntryPointSuccess && fn != nullptr, Device,
+              "reconstruct: the driver has no cuTensorMapEncodeTiled");
+    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(fn);
+  }();
+  return encode;
+}
+
+/// Descriptor of a row-major [rows x ld] operand read as boxes of 64 elements x box_rows rows,
+/// 128-byte swizzled (the layout wgmma_descriptor expects); elements past `inner` or `rows` read 0.
+template <class T>
+inline CUtensorMap operand_tensor_map(const void* base, std::int64_t inner, std::int64_t rows, std::int64_t ld,
+                                      int box_rows) {
+  CUtensorMap map{};
+  const cuuint64_t dims[2] = {static_cast<cuuint64_t>(inner), static_cast<cuuint64_t>(rows)};
+  const cuuint64_t strides[1] = {static_cast<cuuint64_t>(ld) * sizeof(T)};
+  const cuuint32_t box[2] = {64, static_cast<cuuint32_t>(box_rows)};
+  const cuuint32_t element_strides[2] = {1, 1};
+  const CUtensorMapDataType type =
+      std::is_same_v<T, __half> ? CU_TENSOR_MAP_DATA_TYPE_FLOAT16 : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16;
+  const CUresult status = tensor_map_encoder()(&map, type, 2, const_cast<void*>(base), dims, strides, box,
+                                               element_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
+                                               CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                                               CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  XKV_CHECK(status == CUDA_SUCCESS, Device,
+            "reconstruct: cuTensorMapEncodeTiled failed (" << static_cast<int>(status) << ") for " << rows
+                                                           << " rows of " << inner << ", ld " << ld);
+  return map;
+}
+
+/// Whether the TMA kernel takes a launch: a dense range whose rows TMA can address (32-bit
+/// coordinates).
+inline bool tma_kernel_applies(const ReconstructArgs& args) {
+  return args.token_indices == nullptr && args.a_rows < (std::int64_t{1} << 31) - TmaTile::BM;
+}
+
+template <class T, int HEAD_DIM, RopeMode MODE, bool TABLE>
+inline void launch_tma_typed(const ReconstructArgs& args, cudaStream_t stream) {
+  using Tile = TmaTile;
+  auto kernel = reconstruct_tma_kernel<T, HEAD_DIM, MODE, TABLE>;
+  static std::uint64_t smem_configured = 0;  // per instantiation
+  allow_shared_memory(kernel, Tile::kSmemBytes, smem_configured);
+  TmaReconstructArgs tma{};
+  tma.p = args;
+  const std::int64_t width = std::int64_t(args.heads) * HEAD_DIM;
+  tma.a_map = operand_tensor_map<T>(args.a, args.rank, args.a_rows, args.lda, Tile::BM);
+  tma.bt_map = operand_tensor_map<T>(args.bt, args.rank, width, args.ldbt, Tile::BN);
+  const std::int64_t tiles = (args.tokens + Tile::BM - 1) / Tile::BM * ((width + Tile::BN - 1) / Tile::BN);
+  int device = 0, sms = 0;
+  XKV_CUDA_CHECK(cudaGetDevice(&device));
+  XKV_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  const unsigned grid = static_cast<unsigned>(std::min<std::int64_t>(tiles, sms));
+  kernel<<<grid, Tile::kThreads, Tile::kSmemBytes, stream>>>(tma);
+  XKV_CUDA_CHECK(cudaGetLastError());
+}
+
+// ------------------------------------------------------------------ dispatch
+/// Dense ranges run the persistent TMA kernel; gathered selections the tiled kernel with its
+/// 2-warpgroup tile (on an H200 the 4-warpgroup one, 256 rows, was slower: 440 against 395 us
+/// for the dense n=131072, r=512, 8x128 case, with nothing to hide its epilogue).
+template <class T, int HEAD_DIM, RopeMode MODE, bool TABLE>
+inline void launch_wgmma_typed(const ReconstructArgs& args, cudaStream_t stream) {
+  if (args.tokens == 0) return;
+  if (tma_kernel_applies(args)) return launch_tma_typed<T, HEAD_DIM, MODE, TABLE>(args, stream);
+  launch_wgmma_tile<T, HEAD_DIM, MODE, TABLE, 2>(args, stream);
+}
+
+template <class T, int HEAD_DIM>
+inline void dispatch_wgmma_rope(const ReconstructArgs& args, RopeMode mode, bool table, cudaStream_t stream) {
+  switch (mode) {
+    case RopeMode::None: return launch_wgmma_typed<T, HEAD_DIM, RopeMode::None, false>(args, stream);
+    case RopeMode::HalfSplit:
+      return table ? launch_wgmma_typed<T, HEAD_DIM, RopeMode::HalfSplit, true>(args, stream)
+                   : launch_wgmma_typed<T, HEAD_DIM, RopeMode::HalfSplit, false>(args, stream);
+    case RopeMode::Interleaved:
+      return table ? launch_wgmma_typed<T, HEAD_DIM, RopeMode::Interleaved, true>(args, stream)
+                   : launch_wgmma_typed<T, HEAD_DIM, RopeMode::Interleaved, false>(args, stream);
+  }
+}
+
+template <class T>
+inline void dispatch_wgmma(const ReconstructArgs& args, RopeMode mode, bool table, cudaStream_t stream) {
+  XKV_REQUIRE(wgmma_supports(args.head_dim, mode, args.rotary_dim),
+              "reconstruct: the wgmma kernel does not handle head_dim " << args.head_dim << " with rotary dims "
+                                                                        << args.rotary_dim);
+  if (args.head_dim == 64) return dispatch_wgmma_rope<T, 64>(args, mode, table, stream);
+  return dispatch_wgmma_rope<T, 128>(args, mode, table, stream);
+}
+
+}  // namespace xkv::cuda::detail
