@@ -14,6 +14,8 @@
 #include <cuda.h>
 #include <cudaTypedefs.h>
 
+#include <algorithm>
+#include <cstdlib>
 #include <type_traits>
 
 #include "xkv/cuda/reconstruct_kernels_sm90.cuh"
@@ -28,12 +30,16 @@ struct TmaTile {
   static constexpr int kA_Bytes = BM * BK * 2;
   static constexpr int kB_Bytes = BN * BK * 2;
   static constexpr int kStageBytes = kA_Bytes + kB_Bytes;
-  static constexpr int kSmemBytes = 1024 + kStages * kStageBytes + 8 * kMaxRopePairs + 2 * kStages * 8;
+  // Output staging: per consumer warp 16 rows x 128 columns (half the tile's width per round).
+  static constexpr int kStagingRowBytes = 256;
+  static constexpr int kStagingBytes = kConsumers * 4 * 16 * kStagingRowBytes;
+  static constexpr int kSmemBytes =
+      1024 + kStages * kStageBytes + kStagingBytes + 8 * kMaxRopePairs + 2 * kStages * 8;
   static_assert(kSmemBytes <= 227 * 1024, "shared memory per SM");
 };
 
 /// Kernel parameter: the two TMA descriptors (64-byte aligned, in parameter space) and the args.
-struct alignas(64) TmaReconstructArgs {
+struct TmaReconstructArgs {  // 64-byte aligned through CUtensorMap
   CUtensorMap a_map;   ///< A: rank (inner) x a_rows, box 64 x BM, 128-byte swizzle
   CUtensorMap bt_map;  ///< B^T: rank (inner) x heads*head_dim, box 64 x BN
   ReconstructArgs p;
@@ -66,6 +72,32 @@ __device__ __forceinline__ void tma_load_2d(void* dst, const CUtensorMap* map, i
           smem_address(dst)),
       "l"(reinterpret_cast<std::uint64_t>(map)), "r"(c0), "r"(c1), "r"(smem_address(bar))
       : "memory");
+}
+
+/// The same copy multicast to every CTA of the cluster in `cta_mask`, at the same shared-memory
+/// offset, completing on each one's barrier at the offset of `bar`.
+__device__ __forceinline__ void tma_load_2d_multicast(void* dst, const CUtensorMap* map, int c0, int c1,
+                                                      std::uint64_t* bar, std::uint16_t cta_mask) {
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes.multicast::cluster [%0], [%1, "
+      "{%2, %3}], [%4], %5;\n" ::"r"(smem_address(dst)),
+      "l"(reinterpret_cast<std::uint64_t>(map)), "r"(c0), "r"(c1), "r"(smem_address(bar)), "h"(cta_mask)
+      : "memory");
+}
+__device__ __forceinline__ unsigned cluster_cta_rank() {
+  unsigned rank = 0;
+  asm volatile("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(rank));
+  return rank;
+}
+/// Every thread of every CTA of the cluster.
+__device__ __forceinline__ void cluster_sync() {
+  asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;\n" ::: "memory");
+}
+/// Arrives on the barrier at the offset of `bar` in CTA `cta` of the cluster.
+__device__ __forceinline__ void mbarrier_arrive_remote(std::uint64_t* bar, unsigned cta) {
+  std::uint32_t remote = 0;
+  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(remote) : "r"(smem_address(bar)), "r"(cta));
+  asm volatile("mbarrier.arrive.release.cluster.shared::cluster.b64 _, [%0];\n" ::"r"(remote) : "memory");
 }
 
 template <int N>
@@ -104,10 +136,12 @@ __device__ __forceinline__ void fence_accumulators(float (&d)[N]) {
       "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]), "+f"(d[110]), "+f"(d[111]), \
       "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]), \
       "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127]) \
-      : "l"(desc_a), "l"(desc_b), "r"(1))
+      : "l"(desc_a), "l"(desc_b), "r"(accumulate))
 
 template <class T>
-__device__ __forceinline__ void wgmma_m64n256k16(float (&d)[128], std::uint64_t desc_a, std::uint64_t desc_b) {
+/// `accumulate` 0 overwrites d (the first product of a tile), 1 adds to it.
+__device__ __forceinline__ void wgmma_m64n256k16(float (&d)[128], std::uint64_t desc_a, std::uint64_t desc_b,
+                                                 int accumulate) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   if constexpr (std::is_same_v<T, __nv_bfloat16>)
     XKV_WGMMA_M64N256K16("bf16");
@@ -118,7 +152,7 @@ __device__ __forceinline__ void wgmma_m64n256k16(float (&d)[128], std::uint64_t 
 #undef XKV_WGMMA_M64N256K16
 
 // ------------------------------------------------------------------ the kernel
-template <class T, int HEAD_DIM, RopeMode MODE, bool TABLE>
+template <class T, int HEAD_DIM, RopeMode MODE, bool TABLE, int CLUSTER>
 __global__ void __launch_bounds__(TmaTile::kThreads, 1)
     reconstruct_tma_kernel(const __grid_constant__ TmaReconstructArgs args) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -129,26 +163,33 @@ __global__ void __launch_bounds__(TmaTile::kThreads, 1)
   extern __shared__ __align__(16) unsigned char smem_raw[];
   unsigned char* smem = reinterpret_cast<unsigned char*>((reinterpret_cast<std::uintptr_t>(smem_raw) + 1023) &
                                                          ~std::uintptr_t(1023));
-  double* inv_freq = reinterpret_cast<double*>(smem + STAGES * Tile::kStageBytes);
+  unsigned char* staging = smem + STAGES * Tile::kStageBytes;
+  double* inv_freq = reinterpret_cast<double*>(staging + Tile::kStagingBytes);
   std::uint64_t* full = reinterpret_cast<std::uint64_t*>(inv_freq + kMaxRopePairs);  // stage loaded
   std::uint64_t* empty = full + STAGES;                                               // stage consumed
 
   const int tid = threadIdx.x;
   const int width = p.heads * HEAD_DIM;
   const int n_tiles = (width + BN - 1) / BN;
-  const std::int64_t tiles = (p.tokens + BM - 1) / BM * n_tiles;
   const int k_tiles = (p.rank + BK - 1) / BK;
+  // A cluster of CLUSTER CTAs takes units of CLUSTER row tiles x one column tile: CTA `rank`
+  // loads its own A rows and 1/CLUSTER of the B^T tile, which TMA multicasts to the whole cluster.
+  const unsigned rank = CLUSTER > 1 ? cluster_cta_rank() : 0;
+  const std::int64_t row_units = ((p.tokens + BM - 1) / BM + CLUSTER - 1) / CLUSTER;
+  const std::int64_t units = row_units * n_tiles;
+  const std::int64_t first_unit = blockIdx.x / CLUSTER, unit_step = gridDim.x / CLUSTER;
 
   if (tid == 0) {
     for (int s = 0; s < STAGES; ++s) {
       mbarrier_init(&full[s], 1);                   // the producer's arrive + the TMA bytes
-      mbarrier_init(&empty[s], Tile::kConsumers);   // one arrive per consumer warpgroup
+      mbarrier_init(&empty[s], Tile::kConsumers * CLUSTER);  // every consumer warpgroup of the cluster
     }
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
   }
   if constexpr (MODE != RopeMode::None && !TABLE)
     for (int i = tid; i < p.rotary_dim / 2; i += Tile::kThreads) inv_freq[i] = p.inv_freq[i];
-  __syncthreads();  // the last CTA-wide barrier: the roles below never meet again
+  // Barriers initialised in every CTA before any multicast can reach them.
+  if constexpr (CLUSTER > 1) cluster_sync(); else __syncthreads();
 
   if (tid < 128) {  // producer warpgroup: one thread issues every copy
     // Registers move to the consumers, whose 128 accumulators and RoPE epilogue need them.
@@ -156,21 +197,28 @@ __global__ void __launch_bounds__(TmaTile::kThreads, 1)
     if (tid == 0) {
       int stage = 0;
       unsigned phase = 0;
-      for (std::int64_t tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
-        const int row0 = static_cast<int>(p.token_begin + tile / n_tiles * BM);
-        const int col0 = static_cast<int>(tile % n_tiles) * BN;
+      for (std::int64_t unit = first_unit; unit < units; unit += unit_step) {
+        const int row0 = static_cast<int>(p.token_begin + ((unit / n_tiles) * CLUSTER + rank) * BM);
+        const int col0 = static_cast<int>(unit % n_tiles) * BN;
         for (int kt = 0; kt < k_tiles; ++kt) {
-          mbarrier_wait(&empty[stage], phase ^ 1);  // a fresh barrier passes parity 1 at once
+          // Free in every CTA of the cluster (the multicast writes them all); a fresh barrier
+          // passes parity 1 at once.
+          mbarrier_wait(&empty[stage], phase ^ 1);
           unsigned char* dst = smem + stage * Tile::kStageBytes;
           mbarrier_arrive_expect_tx(&full[stage], Tile::kStageBytes);
           tma_load_2d(dst, &args.a_map, kt * BK, row0, &full[stage]);
-          tma_load_2d(dst + Tile::kA_Bytes, &args.bt_map, kt * BK, col0, &full[stage]);
+          if constexpr (CLUSTER == 1) {
+            tma_load_2d(dst + Tile::kA_Bytes, &args.bt_map, kt * BK, col0, &full[stage]);
+          } else {
+            constexpr int kSlice = BN / CLUSTER;
+            tma_load_2d_multicast(dst + Tile::kA_Bytes + rank * kSlice * 128, &args.bt_map, kt * BK,
+                                  col0 + static_cast<int>(rank) * kSlice, &full[stage], (1u << CLUSTER) - 1);
+          }
           if (++stage == STAGES) stage = 0, phase ^= 1;
         }
       }
     }
-    return;
-  }
+  } else {
 
   // Consumer warpgroup cw computes rows [64 cw, 64 cw + 64) of each tile. Accumulator i of this
   // thread: row 16*(warp%4) + lane/4 + 8*((i/2)%2), column 8*(i/4) + 2*(lane%4) + i%2.
@@ -180,12 +228,15 @@ __global__ void __launch_bounds__(TmaTile::kThreads, 1)
   T* out = static_cast<T*>(p.out);
   int stage = 0;
   unsigned phase = 0;
-  float acc[128];
-  for (std::int64_t tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
-    const std::int64_t m0 = tile / n_tiles * BM;
-    const int n0 = static_cast<int>(tile % n_tiles) * BN;
+  auto release = [&](int consumed) {  // to the producer of every CTA whose copies filled it
+    mbarrier_arrive(&empty[consumed]);
 #pragma unroll
-    for (int i = 0; i < 128; ++i) acc[i] = 0.f;
+    for (int c = 1; c < CLUSTER; ++c) mbarrier_arrive_remote(&empty[consumed], (rank + c) % CLUSTER);
+  };
+  float acc[128];
+  for (std::int64_t unit = first_unit; unit < units; unit += unit_step) {
+    const std::int64_t m0 = ((unit / n_tiles) * CLUSTER + rank) * BM;
+    const int n0 = static_cast<int>(unit % n_tiles) * BN;
     int previous = -1;
     for (int kt = 0; kt < k_tiles; ++kt) {
       mbarrier_wait(&full[stage], phase);
@@ -195,32 +246,30 @@ __global__ void __launch_bounds__(TmaTile::kThreads, 1)
       wgmma_fence();
 #pragma unroll
       for (int kk = 0; kk < BK / 16; ++kk)
-        wgmma_m64n256k16<T>(acc, wgmma_descriptor(a_tile + kk * 32), wgmma_descriptor(b_tile + kk * 32));
+        wgmma_m64n256k16<T>(acc, wgmma_descriptor(a_tile + kk * 32), wgmma_descriptor(b_tile + kk * 32),
+                            kt > 0 || kk > 0);
       wgmma_commit();
       wgmma_wait<1>();  // the previous stage's products are done: hand it back to the producer
       fence_accumulators(acc);
-      if (previous >= 0 && (tid & 127) == 0) mbarrier_arrive(&empty[previous]);
+      if (previous >= 0 && (tid & 127) == 0) release(previous);
       previous = stage;
       if (++stage == STAGES) stage = 0, phase ^= 1;
     }
     wgmma_wait<0>();
     fence_accumulators(acc);
-    if ((tid & 127) == 0) mbarrier_arrive(&empty[previous]);
+    if ((tid & 127) == 0) release(previous);
 
-    // Epilogue: RoPE on the accumulators (cos/sin once per row and pair, for every head of the
-    // tile), then 16-byte stores. Every branch up to the stores is uniform per row, and a row's
-    // four threads (a quad) stay together for the shuffles.
+    // Epilogue, per warp (16 rows): RoPE on the accumulators in fp32 (cos/sin once per row and
+    // pair, for every head of the tile); bad rows to NaN; then through a swizzled staging buffer
+    // (stmatrix) so that every global store is 16 bytes and a warp writes two 256-byte row runs.
+    constexpr int kBlocksPerHead = HEAD_DIM / 8, kHeads = BN / HEAD_DIM;
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
       const std::int64_t t = m0 + cw * 64 + warp * 16 + (lane >> 2) + 8 * half;
-      std::int64_t token = 0, position = 0, base = -1;
-      if (t < p.tokens) {
-        resolve_token(p, t, token, position);  // dense: the range was validated on the host
-        base = output_row_base(p, t);
-        if (base < 0 && q == 0 && p.error_flag) atomicOr(p.error_flag, kBadOutputRow);
-      }
+      if constexpr (MODE == RopeMode::None) continue;
+      std::int64_t token = 0, position = 0;
+      if (t < p.tokens) resolve_token(p, t, token, position);  // dense: validated on the host
       bool ok = true;
-      constexpr int kBlocksPerHead = HEAD_DIM / 8, kHeads = BN / HEAD_DIM;
       if constexpr (MODE == RopeMode::HalfSplit) {  // pair (i, i + d/2) of every head
 #pragma unroll
         for (int jj = 0; jj < kBlocksPerHead / 2; ++jj)
@@ -252,37 +301,66 @@ __global__ void __launch_bounds__(TmaTile::kThreads, 1)
           }
         }
       }
-      if (!ok && base >= 0 && q == 0 && p.error_flag) atomicOr(p.error_flag, kBadPosition);
-      const float nan = __int_as_float(0x7fc00000);
-      // Thread q holds columns 2q, 2q+1 of each 8-column block; across four blocks the quad
-      // transposes so that thread q holds all of block q: one 16-byte store instead of four.
+      if constexpr (TABLE) {
+        if (!ok) {  // position outside the caller's table: the row is NaN, and flagged
+          if (q == 0 && t < p.tokens && p.error_flag) atomicOr(p.error_flag, kBadPosition);
 #pragma unroll
-      for (int g = 0; g < BN / 32; ++g) {
-        if (n0 + 32 * g >= width) break;  // whole heads: the rest of the tile is past the last head
-        std::uint32_t v[4];
-#pragma unroll
-        for (int b = 0; b < 4; ++b) {
-          const int i = (4 * g + b) * 4 + half * 2;
-          v[b] = ok ? ElementTraits<T>::pack(acc[i], acc[i + 1]) : ElementTraits<T>::pack(nan, nan);
-        }
-        auto pick = [&](int b) { return b == 0 ? v[0] : b == 1 ? v[1] : b == 2 ? v[2] : v[3]; };
-        const std::uint32_t own = pick(q);
-        const std::uint32_t from1 = __shfl_xor_sync(0xffffffffu, pick(q ^ 1), 1);  // thread q^1's part of block q
-        const std::uint32_t from2 = __shfl_xor_sync(0xffffffffu, pick(q ^ 2), 2);
-        const std::uint32_t from3 = __shfl_xor_sync(0xffffffffu, pick(q ^ 3), 3);
-        auto part = [&](int k) {  // columns 2k, 2k+1 of block q come from thread k = q ^ s
-          const int s = k ^ q;
-          return s == 0 ? own : s == 1 ? from1 : s == 2 ? from2 : from3;
-        };
-        if (base >= 0) {
-          const int col = n0 + 32 * g + 8 * q;
-          const int head = col / HEAD_DIM, dim = col % HEAD_DIM;
-          *reinterpret_cast<uint4*>(out + base + head * p.out_head_stride + dim) =
-              make_uint4(part(0), part(1), part(2), part(3));
+          for (int j = 0; j < BN / 8; ++j)
+            acc[j * 4 + half * 2] = acc[j * 4 + half * 2 + 1] = __int_as_float(0x7fc00000);
         }
       }
     }
+
+    // Output row of staging row `lane & 15` (both half-warps hold the same 16).
+    std::int64_t row_base = -1;
+    {
+      const std::int64_t t = m0 + cw * 64 + warp * 16 + (lane & 15);
+      if (t < p.tokens) {
+        row_base = output_row_base(p, t);
+        if (row_base < 0 && lane < 16 && p.error_flag) atomicOr(p.error_flag, kBadOutputRow);
+      }
+    }
+    unsigned char* warp_staging = staging + (tid / 32 - 4) * 16 * Tile::kStagingRowBytes;
+    const std::uint32_t staging_base = smem_address(warp_staging);
+#pragma unroll
+    for (int round = 0; round < 2; ++round) {  // columns [128 round, 128 round + 128) of the tile
+      if (n0 + 128 * round >= width) break;    // past the last head (uniform)
+      // Accumulator blocks j (8 columns) x halves h are the 8x8 matrices stmatrix stores; lane L
+      // gives the row address of matrix L/8 = (block 2i + (L/8)/2, half (L/8)%2).
+#pragma unroll
+      for (int i = 0; i < 8; ++i) {
+        const int m = lane >> 3, chunk = 2 * i + (m >> 1), row = 8 * (m & 1) + (lane & 7);
+        const std::uint32_t address = staging_base + row * Tile::kStagingRowBytes + ((chunk ^ (row & 7)) << 4);
+        const int j0 = 16 * round + 2 * i;
+        std::uint32_t r[4];
+#pragma unroll
+        for (int mm = 0; mm < 4; ++mm) {
+          const int a = (j0 + (mm >> 1)) * 4 + (mm & 1) * 2;
+          r[mm] = ElementTraits<T>::pack(acc[a], acc[a + 1]);
+        }
+        asm volatile("stmatrix.sync.aligned.m8n8.x4.shared.b16 [%0], {%1, %2, %3, %4};\n" ::"r"(address), "r"(r[0]),
+                     "r"(r[1]), "r"(r[2]), "r"(r[3])
+                     : "memory");
+      }
+      __syncwarp();
+#pragma unroll
+      for (int i = 0; i < 8; ++i) {  // rows 2i and 2i+1, sixteen 16-byte chunks each
+        const int row = 2 * i + (lane >> 4), chunk = lane & 15;
+        const uint4 v = *reinterpret_cast<const uint4*>(warp_staging + row * Tile::kStagingRowBytes +
+                                                        ((chunk ^ (row & 7)) << 4));
+        const std::int64_t base = __shfl_sync(0xffffffffu, row_base, row);
+        const int col = n0 + 128 * round + 8 * chunk;
+        if (base >= 0 && col < width) {
+          const int head = col / HEAD_DIM, dim = col % HEAD_DIM;
+          *reinterpret_cast<uint4*>(out + base + head * p.out_head_stride + dim) = v;
+        }
+      }
+      __syncwarp();  // the buffer is rewritten by the next round
+    }
   }
+  }  // consumers
+  // No CTA leaves while a peer may still arrive on its barriers or multicast into it.
+  if constexpr (CLUSTER > 1) cluster_sync();
 #endif
 }
 
@@ -328,24 +406,44 @@ inline bool tma_kernel_applies(const ReconstructArgs& args) {
   return args.token_indices == nullptr && args.a_rows < (std::int64_t{1} << 31) - TmaTile::BM;
 }
 
-template <class T, int HEAD_DIM, RopeMode MODE, bool TABLE>
-inline void launch_tma_typed(const ReconstructArgs& args, cudaStream_t stream) {
+template <class T, int HEAD_DIM, RopeMode MODE, bool TABLE, int CLUSTER>
+inline void launch_tma_cluster(const ReconstructArgs& args, cudaStream_t stream) {
   using Tile = TmaTile;
-  auto kernel = reconstruct_tma_kernel<T, HEAD_DIM, MODE, TABLE>;
+  auto kernel = reconstruct_tma_kernel<T, HEAD_DIM, MODE, TABLE, CLUSTER>;
   static std::uint64_t smem_configured = 0;  // per instantiation
   allow_shared_memory(kernel, Tile::kSmemBytes, smem_configured);
   TmaReconstructArgs tma{};
   tma.p = args;
   const std::int64_t width = std::int64_t(args.heads) * HEAD_DIM;
   tma.a_map = operand_tensor_map<T>(args.a, args.rank, args.a_rows, args.lda, Tile::BM);
-  tma.bt_map = operand_tensor_map<T>(args.bt, args.rank, width, args.ldbt, Tile::BN);
-  const std::int64_t tiles = (args.tokens + Tile::BM - 1) / Tile::BM * ((width + Tile::BN - 1) / Tile::BN);
-  int device = 0, sms = 0;
-  XKV_CUDA_CHECK(cudaGetDevice(&device));
-  XKV_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-  const unsigned grid = static_cast<unsigned>(std::min<std::int64_t>(tiles, sms));
-  kernel<<<grid, Tile::kThreads, Tile::kSmemBytes, stream>>>(tma);
-  XKV_CUDA_CHECK(cudaGetLastError());
+  tma.bt_map = operand_tensor_map<T>(args.bt, args.rank, width, args.ldbt, Tile::BN / CLUSTER);
+  const std::int64_t row_units = ((args.tokens + Tile::BM - 1) / Tile::BM + CLUSTER - 1) / CLUSTER;
+  const std::int64_t units = row_units * ((width + Tile::BN - 1) / Tile::BN);
+
+  cudaLaunchConfig_t config{};
+  cudaLaunchAttribute cluster{};
+  cluster.id = cudaLaunchAttributeClusterDimension;
+  cluster.val.clusterDim.x = CLUSTER;
+  cluster.val.clusterDim.y = 1;
+  cluster.val.clusterDim.z = 1;
+  config.blockDim = dim3(Tile::kThreads);
+  config.dynamicSmemBytes = Tile::kSmemBytes;
+  config.stream = stream;
+  config.attrs = &cluster;
+  config.numAttrs = 1;
+  int resident = 0;  // clusters that fit on the device at once: the persistent grid
+  config.gridDim = dim3(static_cast<unsigned>(CLUSTER));
+  XKV_CUDA_CHECK(cudaOccupancyMaxActiveClusters(&resident, kernel, &config));
+  XKV_CHECK(resident > 0, Device, "reconstruct: no cluster of " << CLUSTER << " CTAs fits on this device");
+  config.gridDim = dim3(static_cast<unsigned>(std::min<std::int64_t>(units, resident) * CLUSTER));
+  XKV_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, tma));
+}
+
+template <class T, int HEAD_DIM, RopeMode MODE, bool TABLE>
+inline void launch_tma_typed(const ReconstructArgs& args, cudaStream_t stream) {
+  const char* env = std::getenv("XKV_TMA_CLUSTER");  // EXPERIMENT
+  if (env && env[0] == '2') return launch_tma_cluster<T, HEAD_DIM, MODE, TABLE, 2>(args, stream);
+  launch_tma_cluster<T, HEAD_DIM, MODE, TABLE, 1>(args, stream);
 }
 
 // ------------------------------------------------------------------ dispatch
