@@ -15,7 +15,6 @@
 #include <cudaTypedefs.h>
 
 #include <algorithm>
-#include <cstdlib>
 #include <type_traits>
 
 #include "xkv/cuda/reconstruct_kernels_sm90.cuh"
@@ -74,32 +73,6 @@ __device__ __forceinline__ void tma_load_2d(void* dst, const CUtensorMap* map, i
       : "memory");
 }
 
-/// The same copy multicast to every CTA of the cluster in `cta_mask`, at the same shared-memory
-/// offset, completing on each one's barrier at the offset of `bar`.
-__device__ __forceinline__ void tma_load_2d_multicast(void* dst, const CUtensorMap* map, int c0, int c1,
-                                                      std::uint64_t* bar, std::uint16_t cta_mask) {
-  asm volatile(
-      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes.multicast::cluster [%0], [%1, "
-      "{%2, %3}], [%4], %5;\n" ::"r"(smem_address(dst)),
-      "l"(reinterpret_cast<std::uint64_t>(map)), "r"(c0), "r"(c1), "r"(smem_address(bar)), "h"(cta_mask)
-      : "memory");
-}
-__device__ __forceinline__ unsigned cluster_cta_rank() {
-  unsigned rank = 0;
-  asm volatile("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(rank));
-  return rank;
-}
-/// Every thread of every CTA of the cluster.
-__device__ __forceinline__ void cluster_sync() {
-  asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;\n" ::: "memory");
-}
-/// Arrives on the barrier at the offset of `bar` in CTA `cta` of the cluster.
-__device__ __forceinline__ void mbarrier_arrive_remote(std::uint64_t* bar, unsigned cta) {
-  std::uint32_t remote = 0;
-  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(remote) : "r"(smem_address(bar)), "r"(cta));
-  asm volatile("mbarrier.arrive.release.cluster.shared::cluster.b64 _, [%0];\n" ::"r"(remote) : "memory");
-}
-
 template <int N>
 __device__ __forceinline__ void fence_accumulators(float (&d)[N]) {
 #pragma unroll
@@ -152,7 +125,23 @@ __device__ __forceinline__ void wgmma_m64n256k16(float (&d)[128], std::uint64_t 
 #undef XKV_WGMMA_M64N256K16
 
 // ------------------------------------------------------------------ the kernel
-template <class T, int HEAD_DIM, RopeMode MODE, bool TABLE, int CLUSTER>
+/// cos/sin of the rotated pairs a thread applies to its two rows (half = 0, 1): HEAD_DIM / 8 pairs
+/// per row, the same for every head and every column tile of a row block.
+template <int HEAD_DIM>
+struct RopeFactors {
+  static constexpr int kPairs = HEAD_DIM / 8;
+  float cos[2][kPairs], sin[2][kPairs];
+  bool ok[2];
+};
+
+/// Pair index of the thread's factor `f` (0..kPairs-1) for lane quad position q.
+template <RopeMode MODE>
+__device__ __forceinline__ int rope_pair_of(int f, int q) {
+  if constexpr (MODE == RopeMode::HalfSplit) return 8 * (f / 2) + 2 * q + f % 2;  // block f/2, column 2q + f%2
+  return 4 * f + q;                                                                // interleaved: block f
+}
+
+template <class T, int HEAD_DIM, RopeMode MODE, bool TABLE>
 __global__ void __launch_bounds__(TmaTile::kThreads, 1)
     reconstruct_tma_kernel(const __grid_constant__ TmaReconstructArgs args) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -172,146 +161,58 @@ __global__ void __launch_bounds__(TmaTile::kThreads, 1)
   const int width = p.heads * HEAD_DIM;
   const int n_tiles = (width + BN - 1) / BN;
   const int k_tiles = (p.rank + BK - 1) / BK;
-  // A cluster of CLUSTER CTAs takes units of CLUSTER row tiles x one column tile: CTA `rank`
-  // loads its own A rows and 1/CLUSTER of the B^T tile, which TMA multicasts to the whole cluster.
-  const unsigned rank = CLUSTER > 1 ? cluster_cta_rank() : 0;
-  const std::int64_t row_units = ((p.tokens + BM - 1) / BM + CLUSTER - 1) / CLUSTER;
-  const std::int64_t units = row_units * n_tiles;
-  const std::int64_t first_unit = blockIdx.x / CLUSTER, unit_step = gridDim.x / CLUSTER;
+  const std::int64_t row_blocks = (p.tokens + BM - 1) / BM;
+  // Each CTA takes whole row blocks and walks their column tiles in turn, so the RoPE factors of
+  // a row block are evaluated once, not once per column tile.
 
   if (tid == 0) {
     for (int s = 0; s < STAGES; ++s) {
-      mbarrier_init(&full[s], 1);                   // the producer's arrive + the TMA bytes
-      mbarrier_init(&empty[s], Tile::kConsumers * CLUSTER);  // every consumer warpgroup of the cluster
+      mbarrier_init(&full[s], 1);                  // the producer's arrive + the TMA bytes
+      mbarrier_init(&empty[s], Tile::kConsumers);  // one arrive per consumer warpgroup
     }
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
   }
   if constexpr (MODE != RopeMode::None && !TABLE)
     for (int i = tid; i < p.rotary_dim / 2; i += Tile::kThreads) inv_freq[i] = p.inv_freq[i];
-  // Barriers initialised in every CTA before any multicast can reach them.
-  if constexpr (CLUSTER > 1) cluster_sync(); else __syncthreads();
+  __syncthreads();  // the last CTA-wide barrier: the roles below never meet again
 
   if (tid < 128) {  // producer warpgroup: one thread issues every copy
-    // Registers move to the consumers, whose 128 accumulators and RoPE epilogue need them.
+    // Registers move to the consumers, whose 128 accumulators and RoPE factors need them.
     asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n" ::: "memory");
-    if (tid == 0) {
-      int stage = 0;
-      unsigned phase = 0;
-      for (std::int64_t unit = first_unit; unit < units; unit += unit_step) {
-        const int row0 = static_cast<int>(p.token_begin + ((unit / n_tiles) * CLUSTER + rank) * BM);
-        const int col0 = static_cast<int>(unit % n_tiles) * BN;
+    if (tid != 0) return;
+    int stage = 0;
+    unsigned phase = 0;
+    for (std::int64_t block = blockIdx.x; block < row_blocks; block += gridDim.x) {
+      const int row0 = static_cast<int>(p.token_begin + block * BM);
+      for (int nt = 0; nt < n_tiles; ++nt)
         for (int kt = 0; kt < k_tiles; ++kt) {
-          // Free in every CTA of the cluster (the multicast writes them all); a fresh barrier
-          // passes parity 1 at once.
-          mbarrier_wait(&empty[stage], phase ^ 1);
+          mbarrier_wait(&empty[stage], phase ^ 1);  // a fresh barrier passes parity 1 at once
           unsigned char* dst = smem + stage * Tile::kStageBytes;
           mbarrier_arrive_expect_tx(&full[stage], Tile::kStageBytes);
           tma_load_2d(dst, &args.a_map, kt * BK, row0, &full[stage]);
-          if constexpr (CLUSTER == 1) {
-            tma_load_2d(dst + Tile::kA_Bytes, &args.bt_map, kt * BK, col0, &full[stage]);
-          } else {
-            constexpr int kSlice = BN / CLUSTER;
-            tma_load_2d_multicast(dst + Tile::kA_Bytes + rank * kSlice * 128, &args.bt_map, kt * BK,
-                                  col0 + static_cast<int>(rank) * kSlice, &full[stage], (1u << CLUSTER) - 1);
-          }
+          tma_load_2d(dst + Tile::kA_Bytes, &args.bt_map, kt * BK, nt * BN, &full[stage]);
           if (++stage == STAGES) stage = 0, phase ^= 1;
         }
-      }
     }
-  } else {
+    return;
+  }
 
   // Consumer warpgroup cw computes rows [64 cw, 64 cw + 64) of each tile. Accumulator i of this
   // thread: row 16*(warp%4) + lane/4 + 8*((i/2)%2), column 8*(i/4) + 2*(lane%4) + i%2.
   asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n" ::: "memory");
   const int cw = tid / 128 - 1, warp = (tid / 32) & 3, lane = tid & 31, q = lane & 3;
   const std::uint32_t smem_base = smem_address(smem);
+  unsigned char* warp_staging = staging + (tid / 32 - 4) * 16 * Tile::kStagingRowBytes;
+  const std::uint32_t staging_base = smem_address(warp_staging);
   T* out = static_cast<T*>(p.out);
+  constexpr int kBlocksPerHead = HEAD_DIM / 8, kHeads = BN / HEAD_DIM;
   int stage = 0;
   unsigned phase = 0;
-  auto release = [&](int consumed) {  // to the producer of every CTA whose copies filled it
-    mbarrier_arrive(&empty[consumed]);
-#pragma unroll
-    for (int c = 1; c < CLUSTER; ++c) mbarrier_arrive_remote(&empty[consumed], (rank + c) % CLUSTER);
-  };
   float acc[128];
-  for (std::int64_t unit = first_unit; unit < units; unit += unit_step) {
-    const std::int64_t m0 = ((unit / n_tiles) * CLUSTER + rank) * BM;
-    const int n0 = static_cast<int>(unit % n_tiles) * BN;
-    int previous = -1;
-    for (int kt = 0; kt < k_tiles; ++kt) {
-      mbarrier_wait(&full[stage], phase);
-      const std::uint32_t a_tile = smem_base + stage * Tile::kStageBytes + cw * 64 * 128;
-      const std::uint32_t b_tile = smem_base + stage * Tile::kStageBytes + Tile::kA_Bytes;
-      fence_accumulators(acc);
-      wgmma_fence();
-#pragma unroll
-      for (int kk = 0; kk < BK / 16; ++kk)
-        wgmma_m64n256k16<T>(acc, wgmma_descriptor(a_tile + kk * 32), wgmma_descriptor(b_tile + kk * 32),
-                            kt > 0 || kk > 0);
-      wgmma_commit();
-      wgmma_wait<1>();  // the previous stage's products are done: hand it back to the producer
-      fence_accumulators(acc);
-      if (previous >= 0 && (tid & 127) == 0) release(previous);
-      previous = stage;
-      if (++stage == STAGES) stage = 0, phase ^= 1;
-    }
-    wgmma_wait<0>();
-    fence_accumulators(acc);
-    if ((tid & 127) == 0) release(previous);
-
-    // Epilogue, per warp (16 rows): RoPE on the accumulators in fp32 (cos/sin once per row and
-    // pair, for every head of the tile); bad rows to NaN; then through a swizzled staging buffer
-    // (stmatrix) so that every global store is 16 bytes and a warp writes two 256-byte row runs.
-    constexpr int kBlocksPerHead = HEAD_DIM / 8, kHeads = BN / HEAD_DIM;
-#pragma unroll
-    for (int half = 0; half < 2; ++half) {
-      const std::int64_t t = m0 + cw * 64 + warp * 16 + (lane >> 2) + 8 * half;
-      if constexpr (MODE == RopeMode::None) continue;
-      std::int64_t token = 0, position = 0;
-      if (t < p.tokens) resolve_token(p, t, token, position);  // dense: validated on the host
-      bool ok = true;
-      if constexpr (MODE == RopeMode::HalfSplit) {  // pair (i, i + d/2) of every head
-#pragma unroll
-        for (int jj = 0; jj < kBlocksPerHead / 2; ++jj)
-#pragma unroll
-          for (int e = 0; e < 2; ++e) {
-            float s = 0.f, c = 0.f;
-            ok &= rope_cos_sin<TABLE>(p, inv_freq, position, 8 * jj + 2 * q + e, s, c);
-#pragma unroll
-            for (int h = 0; h < kHeads; ++h) {
-              const int i1 = (h * kBlocksPerHead + jj) * 4 + half * 2 + e;
-              const int i2 = i1 + kBlocksPerHead / 2 * 4;
-              const float x = acc[i1], y = acc[i2];
-              acc[i1] = x * c - y * s;
-              acc[i2] = x * s + y * c;
-            }
-          }
-      } else if constexpr (MODE == RopeMode::Interleaved) {  // pairs (2i, 2i+1) of the first rotary_dim
-#pragma unroll
-        for (int j = 0; j < kBlocksPerHead; ++j) {
-          if (8 * j >= p.rotary_dim) break;
-          float s = 0.f, c = 0.f;
-          ok &= rope_cos_sin<TABLE>(p, inv_freq, position, 4 * j + q, s, c);
-#pragma unroll
-          for (int h = 0; h < kHeads; ++h) {
-            const int i1 = (h * kBlocksPerHead + j) * 4 + half * 2;
-            const float x = acc[i1], y = acc[i1 + 1];
-            acc[i1] = x * c - y * s;
-            acc[i1 + 1] = x * s + y * c;
-          }
-        }
-      }
-      if constexpr (TABLE) {
-        if (!ok) {  // position outside the caller's table: the row is NaN, and flagged
-          if (q == 0 && t < p.tokens && p.error_flag) atomicOr(p.error_flag, kBadPosition);
-#pragma unroll
-          for (int j = 0; j < BN / 8; ++j)
-            acc[j * 4 + half * 2] = acc[j * 4 + half * 2 + 1] = __int_as_float(0x7fc00000);
-        }
-      }
-    }
-
-    // Output row of staging row `lane & 15` (both half-warps hold the same 16).
+  RopeFactors<HEAD_DIM> rope;
+  for (std::int64_t block = blockIdx.x; block < row_blocks; block += gridDim.x) {
+    const std::int64_t m0 = block * BM;
+    // Output row of staging row `lane & 15` of this warp (both half-warps hold the same 16).
     std::int64_t row_base = -1;
     {
       const std::int64_t t = m0 + cw * 64 + warp * 16 + (lane & 15);
@@ -320,47 +221,118 @@ __global__ void __launch_bounds__(TmaTile::kThreads, 1)
         if (row_base < 0 && lane < 16 && p.error_flag) atomicOr(p.error_flag, kBadOutputRow);
       }
     }
-    unsigned char* warp_staging = staging + (tid / 32 - 4) * 16 * Tile::kStagingRowBytes;
-    const std::uint32_t staging_base = smem_address(warp_staging);
+    for (int nt = 0; nt < n_tiles; ++nt) {
+      const int n0 = nt * BN;
+      int previous = -1;
+      for (int kt = 0; kt < k_tiles; ++kt) {
+        mbarrier_wait(&full[stage], phase);
+        const std::uint32_t a_tile = smem_base + stage * Tile::kStageBytes + cw * 64 * 128;
+        const std::uint32_t b_tile = smem_base + stage * Tile::kStageBytes + Tile::kA_Bytes;
+        fence_accumulators(acc);
+        wgmma_fence();
 #pragma unroll
-    for (int round = 0; round < 2; ++round) {  // columns [128 round, 128 round + 128) of the tile
-      if (n0 + 128 * round >= width) break;    // past the last head (uniform)
-      // Accumulator blocks j (8 columns) x halves h are the 8x8 matrices stmatrix stores; lane L
-      // gives the row address of matrix L/8 = (block 2i + (L/8)/2, half (L/8)%2).
-#pragma unroll
-      for (int i = 0; i < 8; ++i) {
-        const int m = lane >> 3, chunk = 2 * i + (m >> 1), row = 8 * (m & 1) + (lane & 7);
-        const std::uint32_t address = staging_base + row * Tile::kStagingRowBytes + ((chunk ^ (row & 7)) << 4);
-        const int j0 = 16 * round + 2 * i;
-        std::uint32_t r[4];
-#pragma unroll
-        for (int mm = 0; mm < 4; ++mm) {
-          const int a = (j0 + (mm >> 1)) * 4 + (mm & 1) * 2;
-          r[mm] = ElementTraits<T>::pack(acc[a], acc[a + 1]);
-        }
-        asm volatile("stmatrix.sync.aligned.m8n8.x4.shared.b16 [%0], {%1, %2, %3, %4};\n" ::"r"(address), "r"(r[0]),
-                     "r"(r[1]), "r"(r[2]), "r"(r[3])
-                     : "memory");
+        for (int kk = 0; kk < BK / 16; ++kk)
+          wgmma_m64n256k16<T>(acc, wgmma_descriptor(a_tile + kk * 32), wgmma_descriptor(b_tile + kk * 32),
+                              kt > 0 || kk > 0);
+        wgmma_commit();
+        wgmma_wait<1>();  // the previous stage's products are done: hand it back to the producer
+        fence_accumulators(acc);
+        if (previous >= 0 && (tid & 127) == 0) mbarrier_arrive(&empty[previous]);
+        previous = stage;
+        if (++stage == STAGES) stage = 0, phase ^= 1;
       }
-      __syncwarp();
+      wgmma_wait<0>();
+      fence_accumulators(acc);
+      if ((tid & 127) == 0) mbarrier_arrive(&empty[previous]);
+
+      // RoPE on the accumulators in fp32; the factors of the row block's first column tile
+      // serve the others. Bad positions (outside the caller's table) make the row NaN.
+      if constexpr (MODE != RopeMode::None) {
 #pragma unroll
-      for (int i = 0; i < 8; ++i) {  // rows 2i and 2i+1, sixteen 16-byte chunks each
-        const int row = 2 * i + (lane >> 4), chunk = lane & 15;
-        const uint4 v = *reinterpret_cast<const uint4*>(warp_staging + row * Tile::kStagingRowBytes +
-                                                        ((chunk ^ (row & 7)) << 4));
-        const std::int64_t base = __shfl_sync(0xffffffffu, row_base, row);
-        const int col = n0 + 128 * round + 8 * chunk;
-        if (base >= 0 && col < width) {
-          const int head = col / HEAD_DIM, dim = col % HEAD_DIM;
-          *reinterpret_cast<uint4*>(out + base + head * p.out_head_stride + dim) = v;
+        for (int half = 0; half < 2; ++half) {
+          if (nt == 0) {
+            const std::int64_t t = m0 + cw * 64 + warp * 16 + (lane >> 2) + 8 * half;
+            std::int64_t token = 0, position = 0;
+            if (t < p.tokens) resolve_token(p, t, token, position);  // dense: validated on the host
+            bool ok = true;
+#pragma unroll
+            for (int f = 0; f < RopeFactors<HEAD_DIM>::kPairs; ++f) {
+              rope.cos[half][f] = 1.f;
+              rope.sin[half][f] = 0.f;
+              if (MODE == RopeMode::Interleaved && 8 * f >= p.rotary_dim) continue;
+              ok &= rope_cos_sin<TABLE>(p, inv_freq, position, rope_pair_of<MODE>(f, q), rope.sin[half][f],
+                                        rope.cos[half][f]);
+            }
+            rope.ok[half] = ok;
+            if (!ok && q == 0 && t < p.tokens && p.error_flag) atomicOr(p.error_flag, kBadPosition);
+          }
+#pragma unroll
+          for (int f = 0; f < RopeFactors<HEAD_DIM>::kPairs; ++f) {
+            const float c = rope.cos[half][f], s = rope.sin[half][f];
+#pragma unroll
+            for (int h = 0; h < kHeads; ++h) {
+              int i1, i2;
+              if constexpr (MODE == RopeMode::HalfSplit) {  // pair (i, i + d/2): blocks jj and jj + d/16
+                i1 = (h * kBlocksPerHead + f / 2) * 4 + half * 2 + f % 2;
+                i2 = i1 + kBlocksPerHead / 2 * 4;
+              } else {  // pair (2i, 2i + 1) in block f
+                i1 = (h * kBlocksPerHead + f) * 4 + half * 2;
+                i2 = i1 + 1;
+              }
+              const float x = acc[i1], y = acc[i2];
+              acc[i1] = x * c - y * s;
+              acc[i2] = x * s + y * c;
+            }
+          }
+          if constexpr (TABLE) {
+            if (!rope.ok[half]) {
+#pragma unroll
+              for (int j = 0; j < BN / 8; ++j)
+                acc[j * 4 + half * 2] = acc[j * 4 + half * 2 + 1] = __int_as_float(0x7fc00000);
+            }
+          }
         }
       }
-      __syncwarp();  // the buffer is rewritten by the next round
+
+      // Per warp (16 rows): through a swizzled staging buffer (stmatrix) so that every global
+      // store is 16 bytes and a warp writes two 256-byte row runs at a time.
+#pragma unroll
+      for (int round = 0; round < 2; ++round) {  // columns [128 round, 128 round + 128) of the tile
+        if (n0 + 128 * round >= width) break;    // past the last head (uniform)
+        // Accumulator blocks j (8 columns) x halves h are the 8x8 matrices stmatrix stores; lane L
+        // gives the row address of matrix L/8 = (block j0 + (L/8)/2, half (L/8)%2).
+#pragma unroll
+        for (int i = 0; i < 8; ++i) {
+          const int m = lane >> 3, chunk = 2 * i + (m >> 1), row = 8 * (m & 1) + (lane & 7);
+          const std::uint32_t address = staging_base + row * Tile::kStagingRowBytes + ((chunk ^ (row & 7)) << 4);
+          const int j0 = 16 * round + 2 * i;
+          std::uint32_t r[4];
+#pragma unroll
+          for (int mm = 0; mm < 4; ++mm) {
+            const int a = (j0 + (mm >> 1)) * 4 + (mm & 1) * 2;
+            r[mm] = ElementTraits<T>::pack(acc[a], acc[a + 1]);
+          }
+          asm volatile("stmatrix.sync.aligned.m8n8.x4.shared.b16 [%0], {%1, %2, %3, %4};\n" ::"r"(address),
+                       "r"(r[0]), "r"(r[1]), "r"(r[2]), "r"(r[3])
+                       : "memory");
+        }
+        __syncwarp();
+#pragma unroll
+        for (int i = 0; i < 8; ++i) {  // rows 2i and 2i+1, sixteen 16-byte chunks each
+          const int row = 2 * i + (lane >> 4), chunk = lane & 15;
+          const uint4 v = *reinterpret_cast<const uint4*>(warp_staging + row * Tile::kStagingRowBytes +
+                                                          ((chunk ^ (row & 7)) << 4));
+          const std::int64_t base = __shfl_sync(0xffffffffu, row_base, row);
+          const int col = n0 + 128 * round + 8 * chunk;
+          if (base >= 0 && col < width) {
+            const int head = col / HEAD_DIM, dim = col % HEAD_DIM;
+            *reinterpret_cast<uint4*>(out + base + head * p.out_head_stride + dim) = v;
+          }
+        }
+        __syncwarp();  // the buffer is rewritten by the next round
+      }
     }
   }
-  }  // consumers
-  // No CTA leaves while a peer may still arrive on its barriers or multicast into it.
-  if constexpr (CLUSTER > 1) cluster_sync();
 #endif
 }
 
@@ -406,44 +378,24 @@ inline bool tma_kernel_applies(const ReconstructArgs& args) {
   return args.token_indices == nullptr && args.a_rows < (std::int64_t{1} << 31) - TmaTile::BM;
 }
 
-template <class T, int HEAD_DIM, RopeMode MODE, bool TABLE, int CLUSTER>
-inline void launch_tma_cluster(const ReconstructArgs& args, cudaStream_t stream) {
+template <class T, int HEAD_DIM, RopeMode MODE, bool TABLE>
+inline void launch_tma_typed(const ReconstructArgs& args, cudaStream_t stream) {
   using Tile = TmaTile;
-  auto kernel = reconstruct_tma_kernel<T, HEAD_DIM, MODE, TABLE, CLUSTER>;
+  auto kernel = reconstruct_tma_kernel<T, HEAD_DIM, MODE, TABLE>;
   static std::uint64_t smem_configured = 0;  // per instantiation
   allow_shared_memory(kernel, Tile::kSmemBytes, smem_configured);
   TmaReconstructArgs tma{};
   tma.p = args;
   const std::int64_t width = std::int64_t(args.heads) * HEAD_DIM;
   tma.a_map = operand_tensor_map<T>(args.a, args.rank, args.a_rows, args.lda, Tile::BM);
-  tma.bt_map = operand_tensor_map<T>(args.bt, args.rank, width, args.ldbt, Tile::BN / CLUSTER);
-  const std::int64_t row_units = ((args.tokens + Tile::BM - 1) / Tile::BM + CLUSTER - 1) / CLUSTER;
-  const std::int64_t units = row_units * ((width + Tile::BN - 1) / Tile::BN);
-
-  cudaLaunchConfig_t config{};
-  cudaLaunchAttribute cluster{};
-  cluster.id = cudaLaunchAttributeClusterDimension;
-  cluster.val.clusterDim.x = CLUSTER;
-  cluster.val.clusterDim.y = 1;
-  cluster.val.clusterDim.z = 1;
-  config.blockDim = dim3(Tile::kThreads);
-  config.dynamicSmemBytes = Tile::kSmemBytes;
-  config.stream = stream;
-  config.attrs = &cluster;
-  config.numAttrs = 1;
-  int resident = 0;  // clusters that fit on the device at once: the persistent grid
-  config.gridDim = dim3(static_cast<unsigned>(CLUSTER));
-  XKV_CUDA_CHECK(cudaOccupancyMaxActiveClusters(&resident, kernel, &config));
-  XKV_CHECK(resident > 0, Device, "reconstruct: no cluster of " << CLUSTER << " CTAs fits on this device");
-  config.gridDim = dim3(static_cast<unsigned>(std::min<std::int64_t>(units, resident) * CLUSTER));
-  XKV_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, tma));
-}
-
-template <class T, int HEAD_DIM, RopeMode MODE, bool TABLE>
-inline void launch_tma_typed(const ReconstructArgs& args, cudaStream_t stream) {
-  const char* env = std::getenv("XKV_TMA_CLUSTER");  // EXPERIMENT
-  if (env && env[0] == '2') return launch_tma_cluster<T, HEAD_DIM, MODE, TABLE, 2>(args, stream);
-  launch_tma_cluster<T, HEAD_DIM, MODE, TABLE, 1>(args, stream);
+  tma.bt_map = operand_tensor_map<T>(args.bt, args.rank, width, args.ldbt, Tile::BN);
+  int device = 0, sms = 0;
+  XKV_CUDA_CHECK(cudaGetDevice(&device));
+  XKV_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  const std::int64_t row_blocks = (args.tokens + Tile::BM - 1) / Tile::BM;
+  const unsigned grid = static_cast<unsigned>(std::min<std::int64_t>(row_blocks, sms));  // persistent
+  kernel<<<grid, Tile::kThreads, Tile::kSmemBytes, stream>>>(tma);
+  XKV_CUDA_CHECK(cudaGetLastError());
 }
 
 // ------------------------------------------------------------------ dispatch
