@@ -1,14 +1,14 @@
 // Hopper (sm_90a) persistent kernel of the fused reconstruct-then-RoPE for dense token ranges.
 //
-// Why a second sm_90 kernel: the tiled wgmma kernel (reconstruct_kernels_sm90.cuh) stops at every
-// k-tile (all threads load with cp.async, a CTA barrier, wgmma drained to zero) and its 128 x 128
-// tile re-reads B^T from shared memory once per 64 rows. Here one thread streams A and B^T tiles
-// with TMA into a ring of stages guarded by mbarriers, two consumer warpgroups keep wgmma fed
-// (the ring's next stage is loaded while they multiply), and one CTA per SM walks the tiles
-// persistently, so the next tile's loads run under the current tile's RoPE epilogue.
+// Why this shape: a tiled kernel in which all threads load with cp.async, meet at a CTA barrier
+// and drain wgmma at every k-tile ran the headline case at ~1.9x cuBLAS. Here one thread streams
+// A and B^T tiles with TMA into a ring of stages guarded by mbarriers, two consumer warpgroups
+// keep wgmma fed (the ring's next stage is loaded while they multiply), and one CTA per SM walks
+// whole row blocks persistently, so the next tile's loads run under the current tile's epilogue
+// and a row block's RoPE factors are computed once for all its column tiles.
 // Tile: 128 tokens x 256 columns (two heads of 128 or four of 64), 64 of the rank per stage.
 // Gathered selections cannot use tiled TMA copies (their rows are arbitrary): the tiled kernel
-// keeps them.
+// of reconstruct_kernels_sm90.cuh keeps them.
 #pragma once
 
 #include <cuda.h>
@@ -18,6 +18,15 @@
 #include <type_traits>
 
 #include "xkv/cuda/reconstruct_kernels_sm90.cuh"
+
+namespace xkv::cuda::detail {
+/// Keeps the compiler from moving accumulator accesses across the asynchronous wgmma.
+template <int N>
+__device__ __forceinline__ void fence_accumulators(float (&d)[N]) {
+#pragma unroll
+  for (int i = 0; i < N; ++i) asm volatile("" : "+f"(d[i])::"memory");
+}
+}  // namespace xkv::cuda::detail
 
 namespace xkv::cuda::detail {
 
@@ -73,11 +82,6 @@ __device__ __forceinline__ void tma_load_2d(void* dst, const CUtensorMap* map, i
       : "memory");
 }
 
-template <int N>
-__device__ __forceinline__ void fence_accumulators(float (&d)[N]) {
-#pragma unroll
-  for (int i = 0; i < N; ++i) asm volatile("" : "+f"(d[i])::"memory");
-}
 
 // wgmma m64n256k16, fp32 accumulators, both operands K-major in shared memory.
 #define XKV_WGMMA_M64N256K16(TYPE)                                                             \
@@ -139,6 +143,92 @@ template <RopeMode MODE>
 __device__ __forceinline__ int rope_pair_of(int f, int q) {
   if constexpr (MODE == RopeMode::HalfSplit) return 8 * (f / 2) + 2 * q + f % 2;  // block f/2, column 2q + f%2
   return 4 * f + q;                                                                // interleaved: block f
+}
+
+/// The thread's RoPE factors for row `half` at `position` (TABLE: false if outside the table).
+template <int HEAD_DIM, RopeMode MODE, bool TABLE>
+__device__ __forceinline__ bool rope_factors(const ReconstructArgs& p, const double* inv_freq, std::int64_t position,
+                                             int q, int half, RopeFactors<HEAD_DIM>& rope) {
+  bool ok = true;
+#pragma unroll
+  for (int f = 0; f < RopeFactors<HEAD_DIM>::kPairs; ++f) {
+    rope.cos[half][f] = 1.f;
+    rope.sin[half][f] = 0.f;
+    if (MODE == RopeMode::Interleaved && 8 * f >= p.rotary_dim) continue;
+    ok &= rope_cos_sin<TABLE>(p, inv_freq, position, rope_pair_of<MODE>(f, q), rope.sin[half][f], rope.cos[half][f]);
+  }
+  rope.ok[half] = ok;
+  return ok;
+}
+
+/// Rotates row `half` of a warp's accumulators (wgmma layout, COLS columns = COLS / HEAD_DIM heads).
+template <int HEAD_DIM, RopeMode MODE, int COLS>
+__device__ __forceinline__ void apply_rope(float (&acc)[COLS / 2], const RopeFactors<HEAD_DIM>& rope, int half) {
+  constexpr int kBlocksPerHead = HEAD_DIM / 8, kHeads = COLS / HEAD_DIM;
+#pragma unroll
+  for (int f = 0; f < RopeFactors<HEAD_DIM>::kPairs; ++f) {
+    const float c = rope.cos[half][f], s = rope.sin[half][f];
+#pragma unroll
+    for (int h = 0; h < kHeads; ++h) {
+      int i1, i2;
+      if constexpr (MODE == RopeMode::HalfSplit) {  // pair (i, i + d/2): blocks f/2 and f/2 + d/16
+        i1 = (h * kBlocksPerHead + f / 2) * 4 + half * 2 + f % 2;
+        i2 = i1 + kBlocksPerHead / 2 * 4;
+      } else {  // pair (2i, 2i + 1) in block f
+        i1 = (h * kBlocksPerHead + f) * 4 + half * 2;
+        i2 = i1 + 1;
+      }
+      const float x = acc[i1], y = acc[i2];
+      acc[i1] = x * c - y * s;
+      acc[i2] = x * s + y * c;
+    }
+  }
+}
+
+template <int COLS>
+__device__ __forceinline__ void poison_row(float (&acc)[COLS / 2], int half) {
+#pragma unroll
+  for (int j = 0; j < COLS / 8; ++j) acc[j * 4 + half * 2] = acc[j * 4 + half * 2 + 1] = __int_as_float(0x7fc00000);
+}
+
+/// Writes columns [128 round, 128 round + 128) of a warp's 16 accumulator rows through the warp's
+/// swizzled 16 x 256-byte staging buffer (stmatrix), so that every global store is 16 bytes and the
+/// warp writes two 256-byte row runs at a time. row_base: output offset of row lane & 15 (or < 0).
+template <class T, int HEAD_DIM, int COLS>
+__device__ __forceinline__ void store_round(const float (&acc)[COLS / 2], int round, int n0, int width,
+                                            unsigned char* warp_staging, std::int64_t row_base, T* out,
+                                            std::int64_t head_stride) {
+  constexpr int kRowBytes = 256;
+  const int lane = threadIdx.x & 31;
+  const std::uint32_t staging_base = smem_address(warp_staging);
+  // Accumulator blocks j (8 columns) x halves h are the 8x8 matrices stmatrix stores; lane L
+  // gives the row address of matrix L/8 = (block j0 + (L/8)/2, half (L/8)%2).
+#pragma unroll
+  for (int i = 0; i < 8; ++i) {
+    const int m = lane >> 3, chunk = 2 * i + (m >> 1), row = 8 * (m & 1) + (lane & 7);
+    const std::uint32_t address = staging_base + row * kRowBytes + ((chunk ^ (row & 7)) << 4);
+    const int j0 = 16 * round + 2 * i;
+    std::uint32_t r[4];
+#pragma unroll
+    for (int mm = 0; mm < 4; ++mm) {
+      const int a = (j0 + (mm >> 1)) * 4 + (mm & 1) * 2;
+      r[mm] = ElementTraits<T>::pack(acc[a], acc[a + 1]);
+    }
+    asm volatile("stmatrix.sync.aligned.m8n8.x4.shared.b16 [%0], {%1, %2, %3, %4};\n" ::"r"(address), "r"(r[0]),
+                 "r"(r[1]), "r"(r[2]), "r"(r[3])
+                 : "memory");
+  }
+  __syncwarp();
+  const int chunk = lane & 15, col = n0 + 128 * round + 8 * chunk;
+  const std::int64_t col_offset = (col / HEAD_DIM) * head_stride + col % HEAD_DIM;
+#pragma unroll
+  for (int i = 0; i < 8; ++i) {  // rows 2i and 2i+1, sixteen 16-byte chunks each
+    const int row = 2 * i + (lane >> 4);
+    const uint4 v = *reinterpret_cast<const uint4*>(warp_staging + row * kRowBytes + ((chunk ^ (row & 7)) << 4));
+    const std::int64_t base = __shfl_sync(0xffffffffu, row_base, row);
+    if (base >= 0 && col < width) *reinterpret_cast<uint4*>(out + base + col_offset) = v;
+  }
+  __syncwarp();  // the buffer is rewritten next
 }
 
 template <class T, int HEAD_DIM, RopeMode MODE, bool TABLE>
@@ -203,9 +293,7 @@ __global__ void __launch_bounds__(TmaTile::kThreads, 1)
   const int cw = tid / 128 - 1, warp = (tid / 32) & 3, lane = tid & 31, q = lane & 3;
   const std::uint32_t smem_base = smem_address(smem);
   unsigned char* warp_staging = staging + (tid / 32 - 4) * 16 * Tile::kStagingRowBytes;
-  const std::uint32_t staging_base = smem_address(warp_staging);
   T* out = static_cast<T*>(p.out);
-  constexpr int kBlocksPerHead = HEAD_DIM / 8, kHeads = BN / HEAD_DIM;
   int stage = 0;
   unsigned phase = 0;
   float acc[128];
@@ -254,82 +342,18 @@ __global__ void __launch_bounds__(TmaTile::kThreads, 1)
             const std::int64_t t = m0 + cw * 64 + warp * 16 + (lane >> 2) + 8 * half;
             std::int64_t token = 0, position = 0;
             if (t < p.tokens) resolve_token(p, t, token, position);  // dense: validated on the host
-            bool ok = true;
-#pragma unroll
-            for (int f = 0; f < RopeFactors<HEAD_DIM>::kPairs; ++f) {
-              rope.cos[half][f] = 1.f;
-              rope.sin[half][f] = 0.f;
-              if (MODE == RopeMode::Interleaved && 8 * f >= p.rotary_dim) continue;
-              ok &= rope_cos_sin<TABLE>(p, inv_freq, position, rope_pair_of<MODE>(f, q), rope.sin[half][f],
-                                        rope.cos[half][f]);
-            }
-            rope.ok[half] = ok;
+            const bool ok = rope_factors<HEAD_DIM, MODE, TABLE>(p, inv_freq, position, q, half, rope);
             if (!ok && q == 0 && t < p.tokens && p.error_flag) atomicOr(p.error_flag, kBadPosition);
           }
-#pragma unroll
-          for (int f = 0; f < RopeFactors<HEAD_DIM>::kPairs; ++f) {
-            const float c = rope.cos[half][f], s = rope.sin[half][f];
-#pragma unroll
-            for (int h = 0; h < kHeads; ++h) {
-              int i1, i2;
-              if constexpr (MODE == RopeMode::HalfSplit) {  // pair (i, i + d/2): blocks jj and jj + d/16
-                i1 = (h * kBlocksPerHead + f / 2) * 4 + half * 2 + f % 2;
-                i2 = i1 + kBlocksPerHead / 2 * 4;
-              } else {  // pair (2i, 2i + 1) in block f
-                i1 = (h * kBlocksPerHead + f) * 4 + half * 2;
-                i2 = i1 + 1;
-              }
-              const float x = acc[i1], y = acc[i2];
-              acc[i1] = x * c - y * s;
-              acc[i2] = x * s + y * c;
-            }
-          }
-          if constexpr (TABLE) {
-            if (!rope.ok[half]) {
-#pragma unroll
-              for (int j = 0; j < BN / 8; ++j)
-                acc[j * 4 + half * 2] = acc[j * 4 + half * 2 + 1] = __int_as_float(0x7fc00000);
-            }
-          }
+          apply_rope<HEAD_DIM, MODE, BN>(acc, rope, half);
+          if constexpr (TABLE)
+            if (!rope.ok[half]) poison_row<BN>(acc, half);
         }
       }
-
-      // Per warp (16 rows): through a swizzled staging buffer (stmatrix) so that every global
-      // store is 16 bytes and a warp writes two 256-byte row runs at a time.
 #pragma unroll
-      for (int round = 0; round < 2; ++round) {  // columns [128 round, 128 round + 128) of the tile
-        if (n0 + 128 * round >= width) break;    // past the last head (uniform)
-        // Accumulator blocks j (8 columns) x halves h are the 8x8 matrices stmatrix stores; lane L
-        // gives the row address of matrix L/8 = (block j0 + (L/8)/2, half (L/8)%2).
-#pragma unroll
-        for (int i = 0; i < 8; ++i) {
-          const int m = lane >> 3, chunk = 2 * i + (m >> 1), row = 8 * (m & 1) + (lane & 7);
-          const std::uint32_t address = staging_base + row * Tile::kStagingRowBytes + ((chunk ^ (row & 7)) << 4);
-          const int j0 = 16 * round + 2 * i;
-          std::uint32_t r[4];
-#pragma unroll
-          for (int mm = 0; mm < 4; ++mm) {
-            const int a = (j0 + (mm >> 1)) * 4 + (mm & 1) * 2;
-            r[mm] = ElementTraits<T>::pack(acc[a], acc[a + 1]);
-          }
-          asm volatile("stmatrix.sync.aligned.m8n8.x4.shared.b16 [%0], {%1, %2, %3, %4};\n" ::"r"(address),
-                       "r"(r[0]), "r"(r[1]), "r"(r[2]), "r"(r[3])
-                       : "memory");
-        }
-        __syncwarp();
-#pragma unroll
-        for (int i = 0; i < 8; ++i) {  // rows 2i and 2i+1, sixteen 16-byte chunks each
-          const int row = 2 * i + (lane >> 4), chunk = lane & 15;
-          const uint4 v = *reinterpret_cast<const uint4*>(warp_staging + row * Tile::kStagingRowBytes +
-                                                          ((chunk ^ (row & 7)) << 4));
-          const std::int64_t base = __shfl_sync(0xffffffffu, row_base, row);
-          const int col = n0 + 128 * round + 8 * chunk;
-          if (base >= 0 && col < width) {
-            const int head = col / HEAD_DIM, dim = col % HEAD_DIM;
-            *reinterpret_cast<uint4*>(out + base + head * p.out_head_stride + dim) = v;
-          }
-        }
-        __syncwarp();  // the buffer is rewritten by the next round
+      for (int round = 0; round < BN / 128; ++round) {
+        if (n0 + 128 * round >= width) break;  // past the last head (uniform)
+        store_round<T, HEAD_DIM, BN>(acc, round, n0, width, warp_staging, row_base, out, p.out_head_stride);
       }
     }
   }
@@ -399,9 +423,10 @@ inline void launch_tma_typed(const ReconstructArgs& args, cudaStream_t stream) {
 }
 
 // ------------------------------------------------------------------ dispatch
-/// Dense ranges run the persistent TMA kernel; gathered selections the tiled kernel with its
-/// 2-warpgroup tile (on an H200 the 4-warpgroup one, 256 rows, was slower: 440 against 395 us
-/// for the dense n=131072, r=512, 8x128 case, with nothing to hide its epilogue).
+/// Dense ranges run the persistent TMA kernel. Gathered selections run the tiled kernel with its
+/// 2-warpgroup tile, two CTAs per SM: a warp-specialised variant (a cp.async-gathering producer
+/// warpgroup, five stages, one 128 x 128 tile per CTA and one CTA per SM) was slower on an H200:
+/// 15.5 against 13.5 us for 2048 of 131072 tokens, 47 against 31 us for 8192.
 template <class T, int HEAD_DIM, RopeMode MODE, bool TABLE>
 inline void launch_wgmma_typed(const ReconstructArgs& args, cudaStream_t stream) {
   if (args.tokens == 0) return;
