@@ -121,7 +121,8 @@ bool device_is_sm90() {
 KernelPath Reconstruct::selected_kernel() const {
   const ReconstructParams& p = params_;
   if (p.b == nullptr || p.kernel == KernelPath::MmaSync) return KernelPath::MmaSync;
-  const bool supported = detail::wgmma_supports(p.head_dim, rope_mode(p), p.rope.rotated_dims(p.head_dim));
+  const bool supported = detail::wgmma_supports(p.head_dim, rope_mode(p), p.rope.rotated_dims(p.head_dim),
+                                                p.token_indices != nullptr);
   const bool possible = detail::have_sm90_kernels() && p.bt != nullptr && supported && device_is_sm90();
   if (p.kernel == KernelPath::Wgmma) {
     XKV_REQUIRE(possible, "reconstruct: the wgmma kernel was requested but "

@@ -294,7 +294,7 @@ std::vector<xkv::cuda::KernelPath> kernel_paths(const Case& c) {
   const auto mode = rd == 0 ? xkv::cuda::detail::RopeMode::None
                     : c.rope.style == xkv::RopeStyle::HalfSplit ? xkv::cuda::detail::RopeMode::HalfSplit
                                                                  : xkv::cuda::detail::RopeMode::Interleaved;
-  if (!c.copy && xkv::cuda::detail::have_sm90_kernels() && xkv::cuda::detail::wgmma_supports(c.head_dim, mode, rd) &&
+  if (!c.copy && xkv::cuda::detail::have_sm90_kernels() && xkv::cuda::detail::wgmma_supports(c.head_dim, mode, rd, !c.indices.empty()) &&
       device_is_sm90())
     paths.push_back(xkv::cuda::KernelPath::Wgmma);
   return paths;
@@ -486,6 +486,33 @@ TEST(CudaReconstruct, ManyWavesFullWidth) {
   for (int i = 0; i < 5000; ++i)
     gathered.indices.push_back(static_cast<std::int64_t>(rng.uniform() * double(gathered.a_rows)));
   run_case(gathered, salt++);
+}
+
+// More row blocks than a persistent grid has CTAs (132 on an H200), so CTAs walk several row
+// blocks and, within one, several column tiles that reuse the row's RoPE factors: arbitrary
+// positions, a half-empty last column tile, a rank ending mid k-tile, and the caller's cos/sin
+// table with partial interleaved rotary dims.
+TEST(CudaReconstruct, PersistentRowBlocksShareRopeFactors) {
+  SKIP_WITHOUT_GPU();
+  Case c;
+  c.a_rows = 3 * 132 * 128 + 1000;
+  c.rank = 100;
+  c.heads = 5;
+  c.head_dim = 128;
+  c.rope = rope(xkv::RopeStyle::HalfSplit, 0, true, 500000.0);
+  c.positions_array = true;
+  c.max_position = 1 << 17;
+  run_case(c, 480);
+  Case table;
+  table.dtype = ScalarType::Float16;
+  table.a_rows = 2 * 132 * 128 + 77;
+  table.rank = 64;
+  table.heads = 8;
+  table.head_dim = 64;
+  table.rope = rope(xkv::RopeStyle::Interleaved, 32);
+  table.table = true;
+  table.position_offset = 5;
+  run_case(table, 481);
 }
 
 TEST(CudaReconstruct, SubRangeWithRowOffset) {

@@ -189,10 +189,11 @@ enum class RopeMode { None, HalfSplit, Interleaved };
 /// Compiled launchers (cuda/reconstruct/*.cu). `table` selects cos/sin from the caller's table.
 void launch_reconstruct_bf16(const ReconstructArgs& args, RopeMode mode, bool table, cudaStream_t stream);
 void launch_reconstruct_fp16(const ReconstructArgs& args, RopeMode mode, bool table, cudaStream_t stream);
-/// Whether the wgmma kernel handles a configuration (else the mma.sync kernel runs): whole heads
-/// of 64 or 128 in its 128-column tile, and RoPE pairs that sit in one thread's accumulators.
-inline bool wgmma_supports(int head_dim, RopeMode mode, int rotary_dim) {
-  if (head_dim != 64 && head_dim != 128) return false;
+/// Whether a wgmma kernel handles a configuration (else the mma.sync kernel runs): whole heads in
+/// its column tile (64 or 128; 256 too for dense ranges, whose tile is 256 wide), and RoPE pairs
+/// that sit in one thread's accumulators.
+inline bool wgmma_supports(int head_dim, RopeMode mode, int rotary_dim, bool gathered) {
+  if (head_dim != 64 && head_dim != 128 && (head_dim != 256 || gathered)) return false;
   if (mode == RopeMode::HalfSplit) return rotary_dim == head_dim;
   if (mode == RopeMode::Interleaved) return rotary_dim % 8 == 0;
   return true;

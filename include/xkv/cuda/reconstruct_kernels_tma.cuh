@@ -6,7 +6,8 @@
 // keep wgmma fed (the ring's next stage is loaded while they multiply), and one CTA per SM walks
 // whole row blocks persistently, so the next tile's loads run under the current tile's epilogue
 // and a row block's RoPE factors are computed once for all its column tiles.
-// Tile: 128 tokens x 256 columns (two heads of 128 or four of 64), 64 of the rank per stage.
+// Tile: 128 tokens x 256 columns (one head of 256, two of 128 or four of 64), 64 of the rank per
+// stage.
 // Gathered selections cannot use tiled TMA copies (their rows are arbitrary): the tiled kernel
 // of reconstruct_kernels_sm90.cuh keeps them.
 #pragma once
@@ -129,45 +130,26 @@ __device__ __forceinline__ void wgmma_m64n256k16(float (&d)[128], std::uint64_t 
 #undef XKV_WGMMA_M64N256K16
 
 // ------------------------------------------------------------------ the kernel
-/// cos/sin of the rotated pairs a thread applies to its two rows (half = 0, 1): HEAD_DIM / 8 pairs
-/// per row, the same for every head and every column tile of a row block.
-template <int HEAD_DIM>
-struct RopeFactors {
-  static constexpr int kPairs = HEAD_DIM / 8;
-  float cos[2][kPairs], sin[2][kPairs];
-  bool ok[2];
-};
-
-/// Pair index of the thread's factor `f` (0..kPairs-1) for lane quad position q.
+/// Pair index of the thread's factor `f` (0..HEAD_DIM/8-1) for lane quad position q.
 template <RopeMode MODE>
 __device__ __forceinline__ int rope_pair_of(int f, int q) {
   if constexpr (MODE == RopeMode::HalfSplit) return 8 * (f / 2) + 2 * q + f % 2;  // block f/2, column 2q + f%2
   return 4 * f + q;                                                                // interleaved: block f
 }
 
-/// The thread's RoPE factors for row `half` at `position` (TABLE: false if outside the table).
-template <int HEAD_DIM, RopeMode MODE, bool TABLE>
-__device__ __forceinline__ bool rope_factors(const ReconstructArgs& p, const double* inv_freq, std::int64_t position,
-                                             int q, int half, RopeFactors<HEAD_DIM>& rope) {
+/// Rotates row `half` of a warp's accumulators (wgmma layout, COLS columns = COLS / HEAD_DIM heads)
+/// at `position`: each cos/sin pair is evaluated once and applied to every head. False if a
+/// position is outside the caller's table (TABLE).
+template <int HEAD_DIM, RopeMode MODE, bool TABLE, int COLS>
+__device__ __forceinline__ bool rope_row(const ReconstructArgs& p, const double* inv_freq, std::int64_t position,
+                                         int q, int half, float (&acc)[COLS / 2]) {
+  constexpr int kBlocksPerHead = HEAD_DIM / 8, kHeads = COLS / HEAD_DIM;
   bool ok = true;
 #pragma unroll
-  for (int f = 0; f < RopeFactors<HEAD_DIM>::kPairs; ++f) {
-    rope.cos[half][f] = 1.f;
-    rope.sin[half][f] = 0.f;
-    if (MODE == RopeMode::Interleaved && 8 * f >= p.rotary_dim) continue;
-    ok &= rope_cos_sin<TABLE>(p, inv_freq, position, rope_pair_of<MODE>(f, q), rope.sin[half][f], rope.cos[half][f]);
-  }
-  rope.ok[half] = ok;
-  return ok;
-}
-
-/// Rotates row `half` of a warp's accumulators (wgmma layout, COLS columns = COLS / HEAD_DIM heads).
-template <int HEAD_DIM, RopeMode MODE, int COLS>
-__device__ __forceinline__ void apply_rope(float (&acc)[COLS / 2], const RopeFactors<HEAD_DIM>& rope, int half) {
-  constexpr int kBlocksPerHead = HEAD_DIM / 8, kHeads = COLS / HEAD_DIM;
-#pragma unroll
-  for (int f = 0; f < RopeFactors<HEAD_DIM>::kPairs; ++f) {
-    const float c = rope.cos[half][f], s = rope.sin[half][f];
+  for (int f = 0; f < HEAD_DIM / 8; ++f) {
+    if (MODE == RopeMode::Interleaved && 8 * f >= p.rotary_dim) break;  // partial rotary: the rest stays
+    float s = 0.f, c = 1.f;
+    ok &= rope_cos_sin<TABLE>(p, inv_freq, position, rope_pair_of<MODE>(f, q), s, c);
 #pragma unroll
     for (int h = 0; h < kHeads; ++h) {
       int i1, i2;
@@ -183,6 +165,7 @@ __device__ __forceinline__ void apply_rope(float (&acc)[COLS / 2], const RopeFac
       acc[i2] = x * s + y * c;
     }
   }
+  return ok;
 }
 
 template <int COLS>
@@ -237,7 +220,7 @@ __global__ void __launch_bounds__(TmaTile::kThreads, 1)
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using Tile = TmaTile;
   constexpr int BM = Tile::BM, BN = Tile::BN, BK = Tile::BK, STAGES = Tile::kStages;
-  static_assert(HEAD_DIM == 64 || HEAD_DIM == 128, "tiles hold whole heads of 64 or 128");
+  static_assert(BN % HEAD_DIM == 0, "tiles hold whole heads of 64, 128 or 256");
   const ReconstructArgs& p = args.p;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   unsigned char* smem = reinterpret_cast<unsigned char*>((reinterpret_cast<std::uintptr_t>(smem_raw) + 1023) &
@@ -251,9 +234,8 @@ __global__ void __launch_bounds__(TmaTile::kThreads, 1)
   const int width = p.heads * HEAD_DIM;
   const int n_tiles = (width + BN - 1) / BN;
   const int k_tiles = (p.rank + BK - 1) / BK;
-  const std::int64_t row_blocks = (p.tokens + BM - 1) / BM;
-  // Each CTA takes whole row blocks and walks their column tiles in turn, so the RoPE factors of
-  // a row block are evaluated once, not once per column tile.
+  // Tiles in row-block order: the CTAs working at one time share A rows in L2.
+  const std::int64_t tiles = (p.tokens + BM - 1) / BM * n_tiles;
 
   if (tid == 0) {
     for (int s = 0; s < STAGES; ++s) {
@@ -272,17 +254,17 @@ __global__ void __launch_bounds__(TmaTile::kThreads, 1)
     if (tid != 0) return;
     int stage = 0;
     unsigned phase = 0;
-    for (std::int64_t block = blockIdx.x; block < row_blocks; block += gridDim.x) {
-      const int row0 = static_cast<int>(p.token_begin + block * BM);
-      for (int nt = 0; nt < n_tiles; ++nt)
-        for (int kt = 0; kt < k_tiles; ++kt) {
-          mbarrier_wait(&empty[stage], phase ^ 1);  // a fresh barrier passes parity 1 at once
-          unsigned char* dst = smem + stage * Tile::kStageBytes;
-          mbarrier_arrive_expect_tx(&full[stage], Tile::kStageBytes);
-          tma_load_2d(dst, &args.a_map, kt * BK, row0, &full[stage]);
-          tma_load_2d(dst + Tile::kA_Bytes, &args.bt_map, kt * BK, nt * BN, &full[stage]);
-          if (++stage == STAGES) stage = 0, phase ^= 1;
-        }
+    for (std::int64_t tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+      const int row0 = static_cast<int>(p.token_begin + tile / n_tiles * BM);
+      const int col0 = static_cast<int>(tile % n_tiles) * BN;
+      for (int kt = 0; kt < k_tiles; ++kt) {
+        mbarrier_wait(&empty[stage], phase ^ 1);  // a fresh barrier passes parity 1 at once
+        unsigned char* dst = smem + stage * Tile::kStageBytes;
+        mbarrier_arrive_expect_tx(&full[stage], Tile::kStageBytes);
+        tma_load_2d(dst, &args.a_map, kt * BK, row0, &full[stage]);
+        tma_load_2d(dst + Tile::kA_Bytes, &args.bt_map, kt * BK, col0, &full[stage]);
+        if (++stage == STAGES) stage = 0, phase ^= 1;
+      }
     }
     return;
   }
@@ -297,64 +279,58 @@ __global__ void __launch_bounds__(TmaTile::kThreads, 1)
   int stage = 0;
   unsigned phase = 0;
   float acc[128];
-  RopeFactors<HEAD_DIM> rope;
-  for (std::int64_t block = blockIdx.x; block < row_blocks; block += gridDim.x) {
-    const std::int64_t m0 = block * BM;
-    // Output row of staging row `lane & 15` of this warp (both half-warps hold the same 16).
-    std::int64_t row_base = -1;
-    {
-      const std::int64_t t = m0 + cw * 64 + warp * 16 + (lane & 15);
-      if (t < p.tokens) {
-        row_base = output_row_base(p, t);
-        if (row_base < 0 && lane < 16 && p.error_flag) atomicOr(p.error_flag, kBadOutputRow);
-      }
-    }
-    for (int nt = 0; nt < n_tiles; ++nt) {
-      const int n0 = nt * BN;
-      int previous = -1;
-      for (int kt = 0; kt < k_tiles; ++kt) {
-        mbarrier_wait(&full[stage], phase);
-        const std::uint32_t a_tile = smem_base + stage * Tile::kStageBytes + cw * 64 * 128;
-        const std::uint32_t b_tile = smem_base + stage * Tile::kStageBytes + Tile::kA_Bytes;
-        fence_accumulators(acc);
-        wgmma_fence();
-#pragma unroll
-        for (int kk = 0; kk < BK / 16; ++kk)
-          wgmma_m64n256k16<T>(acc, wgmma_descriptor(a_tile + kk * 32), wgmma_descriptor(b_tile + kk * 32),
-                              kt > 0 || kk > 0);
-        wgmma_commit();
-        wgmma_wait<1>();  // the previous stage's products are done: hand it back to the producer
-        fence_accumulators(acc);
-        if (previous >= 0 && (tid & 127) == 0) mbarrier_arrive(&empty[previous]);
-        previous = stage;
-        if (++stage == STAGES) stage = 0, phase ^= 1;
-      }
-      wgmma_wait<0>();
+  for (std::int64_t tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+    const std::int64_t m0 = tile / n_tiles * BM;
+    const int n0 = static_cast<int>(tile % n_tiles) * BN;
+    int previous = -1;
+    for (int kt = 0; kt < k_tiles; ++kt) {
+      mbarrier_wait(&full[stage], phase);
+      const std::uint32_t a_tile = smem_base + stage * Tile::kStageBytes + cw * 64 * 128;
+      const std::uint32_t b_tile = smem_base + stage * Tile::kStageBytes + Tile::kA_Bytes;
       fence_accumulators(acc);
-      if ((tid & 127) == 0) mbarrier_arrive(&empty[previous]);
-
-      // RoPE on the accumulators in fp32; the factors of the row block's first column tile
-      // serve the others. Bad positions (outside the caller's table) make the row NaN.
-      if constexpr (MODE != RopeMode::None) {
+      wgmma_fence();
 #pragma unroll
-        for (int half = 0; half < 2; ++half) {
-          if (nt == 0) {
-            const std::int64_t t = m0 + cw * 64 + warp * 16 + (lane >> 2) + 8 * half;
-            std::int64_t token = 0, position = 0;
-            if (t < p.tokens) resolve_token(p, t, token, position);  // dense: validated on the host
-            const bool ok = rope_factors<HEAD_DIM, MODE, TABLE>(p, inv_freq, position, q, half, rope);
-            if (!ok && q == 0 && t < p.tokens && p.error_flag) atomicOr(p.error_flag, kBadPosition);
+      for (int kk = 0; kk < BK / 16; ++kk)
+        wgmma_m64n256k16<T>(acc, wgmma_descriptor(a_tile + kk * 32), wgmma_descriptor(b_tile + kk * 32),
+                            kt > 0 || kk > 0);
+      wgmma_commit();
+      wgmma_wait<1>();  // the previous stage's products are done: hand it back to the producer
+      fence_accumulators(acc);
+      if (previous >= 0 && (tid & 127) == 0) mbarrier_arrive(&empty[previous]);
+      previous = stage;
+      if (++stage == STAGES) stage = 0, phase ^= 1;
+    }
+    wgmma_wait<0>();
+    fence_accumulators(acc);
+    if ((tid & 127) == 0) mbarrier_arrive(&empty[previous]);
+
+    // RoPE on the accumulators in fp32. Bad positions (outside the caller's table): NaN rows.
+    if constexpr (MODE != RopeMode::None) {
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        const std::int64_t t = m0 + cw * 64 + warp * 16 + (lane >> 2) + 8 * half;
+        std::int64_t token = 0, position = 0;
+        if (t < p.tokens) resolve_token(p, t, token, position);  // dense: validated on the host
+        const bool ok = rope_row<HEAD_DIM, MODE, TABLE, BN>(p, inv_freq, position, q, half, acc);
+        if constexpr (TABLE) {
+          if (!ok) {
+            if (q == 0 && t < p.tokens && p.error_flag) atomicOr(p.error_flag, kBadPosition);
+            poison_row<BN>(acc, half);
           }
-          apply_rope<HEAD_DIM, MODE, BN>(acc, rope, half);
-          if constexpr (TABLE)
-            if (!rope.ok[half]) poison_row<BN>(acc, half);
         }
       }
+    }
+    // Output row of staging row `lane & 15` of this warp (both half-warps hold the same 16).
+    std::int64_t row_base = -1;
+    const std::int64_t t = m0 + cw * 64 + warp * 16 + (lane & 15);
+    if (t < p.tokens) {
+      row_base = output_row_base(p, t);
+      if (row_base < 0 && n0 == 0 && lane < 16 && p.error_flag) atomicOr(p.error_flag, kBadOutputRow);
+    }
 #pragma unroll
-      for (int round = 0; round < BN / 128; ++round) {
-        if (n0 + 128 * round >= width) break;  // past the last head (uniform)
-        store_round<T, HEAD_DIM, BN>(acc, round, n0, width, warp_staging, row_base, out, p.out_head_stride);
-      }
+    for (int round = 0; round < BN / 128; ++round) {
+      if (n0 + 128 * round >= width) break;  // past the last head (uniform)
+      store_round<T, HEAD_DIM, BN>(acc, round, n0, width, warp_staging, row_base, out, p.out_head_stride);
     }
   }
 #endif
@@ -416,8 +392,8 @@ inline void launch_tma_typed(const ReconstructArgs& args, cudaStream_t stream) {
   int device = 0, sms = 0;
   XKV_CUDA_CHECK(cudaGetDevice(&device));
   XKV_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-  const std::int64_t row_blocks = (args.tokens + Tile::BM - 1) / Tile::BM;
-  const unsigned grid = static_cast<unsigned>(std::min<std::int64_t>(row_blocks, sms));  // persistent
+  const std::int64_t tiles = (args.tokens + Tile::BM - 1) / Tile::BM * ((width + Tile::BN - 1) / Tile::BN);
+  const unsigned grid = static_cast<unsigned>(std::min<std::int64_t>(tiles, sms));  // persistent
   kernel<<<grid, Tile::kThreads, Tile::kSmemBytes, stream>>>(tma);
   XKV_CUDA_CHECK(cudaGetLastError());
 }
@@ -431,7 +407,12 @@ template <class T, int HEAD_DIM, RopeMode MODE, bool TABLE>
 inline void launch_wgmma_typed(const ReconstructArgs& args, cudaStream_t stream) {
   if (args.tokens == 0) return;
   if (tma_kernel_applies(args)) return launch_tma_typed<T, HEAD_DIM, MODE, TABLE>(args, stream);
-  launch_wgmma_tile<T, HEAD_DIM, MODE, TABLE, 2>(args, stream);
+  if constexpr (HEAD_DIM <= 128)
+    launch_wgmma_tile<T, HEAD_DIM, MODE, TABLE, 2>(args, stream);
+  else
+    XKV_CHECK(false, InvalidArgument,
+              "reconstruct: head_dim " << HEAD_DIM << " on the wgmma path needs a dense range over fewer than 2^31 rows "
+                                       << "of A, got a_rows=" << args.a_rows << (args.token_indices ? " (gathered)" : ""));
 }
 
 template <class T, int HEAD_DIM>
@@ -449,11 +430,12 @@ inline void dispatch_wgmma_rope(const ReconstructArgs& args, RopeMode mode, bool
 
 template <class T>
 inline void dispatch_wgmma(const ReconstructArgs& args, RopeMode mode, bool table, cudaStream_t stream) {
-  XKV_REQUIRE(wgmma_supports(args.head_dim, mode, args.rotary_dim),
+  XKV_REQUIRE(wgmma_supports(args.head_dim, mode, args.rotary_dim, args.token_indices != nullptr),
               "reconstruct: the wgmma kernel does not handle head_dim " << args.head_dim << " with rotary dims "
                                                                         << args.rotary_dim);
   if (args.head_dim == 64) return dispatch_wgmma_rope<T, 64>(args, mode, table, stream);
-  return dispatch_wgmma_rope<T, 128>(args, mode, table, stream);
+  if (args.head_dim == 128) return dispatch_wgmma_rope<T, 128>(args, mode, table, stream);
+  return dispatch_wgmma_rope<T, 256>(args, mode, table, stream);  // dense only (checked above)
 }
 
 }  // namespace xkv::cuda::detail
