@@ -3,7 +3,9 @@
 //
 // Launch API in the CUTLASS manner: fill a ReconstructParams, `Reconstruct::validate` (throws
 // xkv::Error naming the argument), `run(stream)`. Eigen-free, so it may be included from .cu files.
-// The kernels themselves live in reconstruct_kernels.cuh.
+// The kernels themselves live in reconstruct_kernels.cuh (mma.sync, any sm_80+ device),
+// reconstruct_kernels_sm90.cuh (wgmma, gathered selections) and reconstruct_kernels_tma.cuh
+// (wgmma + TMA, persistent, dense ranges).
 #pragma once
 
 #include <cuda_runtime.h>
@@ -21,8 +23,9 @@ enum class ScalarType { BFloat16, Float16 };
 
 inline const char* scalar_type_name(ScalarType t) { return t == ScalarType::BFloat16 ? "bf16" : "fp16"; }
 
-/// Which kernel runs: Auto picks wgmma (sm_90, needs ReconstructParams::bt) when the
-/// configuration allows it, else mma.sync. Forcing one that cannot run is an error.
+/// Which kernel runs: Auto picks wgmma (sm_90, needs ReconstructParams::bt; head_dim 64 or 128,
+/// or 256 for dense ranges) when the configuration allows it, else mma.sync. Forcing one that
+/// cannot run is an error.
 enum class KernelPath { Auto, MmaSync, Wgmma };
 
 /// Order of a paged buffer's dimensions: vLLM / FlashInfer "NHD" [pages, page_size, heads, head_dim]
