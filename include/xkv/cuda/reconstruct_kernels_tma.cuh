@@ -181,7 +181,7 @@ template <class T, int HEAD_DIM, int COLS>
 __device__ __forceinline__ void store_round(const float (&acc)[COLS / 2], int round, int n0, int width,
                                             unsigned char* warp_staging, std::int64_t row_base, T* out,
                                             std::int64_t head_stride) {
-  constexpr int kRowBytes = 256;
+  constexpr int kRowBytes = TmaTile::kStagingRowBytes;
   const int lane = threadIdx.x & 31;
   const std::uint32_t staging_base = smem_address(warp_staging);
   // Accumulator blocks j (8 columns) x halves h are the 8x8 matrices stmatrix stores; lane L
@@ -249,7 +249,7 @@ __global__ void __launch_bounds__(TmaTile::kThreads, 1)
   __syncthreads();  // the last CTA-wide barrier: the roles below never meet again
 
   if (tid < 128) {  // producer warpgroup: one thread issues every copy
-    // Registers move to the consumers, whose 128 accumulators and RoPE factors need them.
+    // Registers move to the consumers, whose 128 accumulators and RoPE epilogue need them.
     asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n" ::: "memory");
     if (tid != 0) return;
     int stage = 0;
