@@ -1,6 +1,6 @@
 // bf16 wgmma (sm_90a) instantiations of the fused reconstruct+RoPE kernel: head_dim 64 and 128,
 // every RoPE mode and cos/sin source. Compiled for sm_90a only (see sources.cmake).
-#include "xkv/cuda/reconstruct_kernels_tma.cuh"
+#include "xkv/cuda/reconstruct_kernels_pingpong.cuh"
 
 namespace xkv::cuda::detail {
 

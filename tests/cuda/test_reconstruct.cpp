@@ -74,23 +74,27 @@ TEST(CudaReconstruct, LargePositionsKeepFp16Accuracy) {
     c.rope = rope(xkv::RopeStyle::HalfSplit);
     c.position_offset = 131072 * 4 - 150;  // angles of ~5e5 radians in the fastest pair
     run_case(c, 300 + static_cast<int>(dtype));
+    c.position_offset = (std::int64_t{1} << 24) - 200;  // across the last position exact in fp32
+    run_case(c, 305 + static_cast<int>(dtype));
+    c.position_offset = 131072 * 4 - 150;
     c.positions_array = true;
     c.max_position = 1 << 20;
     run_case(c, 310 + static_cast<int>(dtype));
   }
 }
 
-// Grids of many waves at full width: rank 512 and a rank that ends mid k-tile, a half-empty
+// Grids of many waves at full width: rank 512 and a rank that ends mid k-tile (the ping-pong
+// kernel on sm_90), rank 640 (B^T too large to stay resident: the cooperative kernel), a half-empty
 // column tile, both RoPE styles, gathered rows with explicit positions, head-major output.
 TEST(CudaReconstruct, ManyWavesFullWidth) {
   SKIP_WITHOUT_GPU();
   Rng rng(470);
   std::uint64_t salt = 471;
   for (ScalarType dtype : kTypes)
-    for (int r : {512, 100}) {
+    for (int r : {512, 100, 640}) {
       Case c;
       c.dtype = dtype;
-      c.a_rows = 6000 + 13;
+      c.a_rows = r == 640 ? 1500 + 13 : 6000 + 13;  // keeps the fp64 reference quick
       c.rank = r;
       c.heads = 8;
       c.head_dim = 128;
@@ -119,9 +123,9 @@ TEST(CudaReconstruct, ManyWavesFullWidth) {
   run_case(gathered, salt++);
 }
 
-// More row blocks than a persistent grid has CTAs (132 on an H200), so CTAs walk several row
-// blocks and, within one, several column tiles that reuse the row's RoPE factors: arbitrary
-// positions, a half-empty last column tile, a rank ending mid k-tile, and the caller's cos/sin
+// More row blocks than a persistent grid has CTAs (132 on an H200), so CTAs walk many row blocks
+// (the ping-pong kernel's two warpgroups alternate through them, an odd number in some CTAs):
+// arbitrary positions, five column tiles, a rank ending mid k-tile, and the caller's cos/sin
 // table with partial interleaved rotary dims.
 TEST(CudaReconstruct, PersistentRowBlocksShareRopeFactors) {
   SKIP_WITHOUT_GPU();

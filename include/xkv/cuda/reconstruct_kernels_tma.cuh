@@ -18,7 +18,7 @@
 #include <algorithm>
 #include <type_traits>
 
-#include "xkv/cuda/reconstruct_kernels_sm90.cuh"
+#include "xkv/cuda/reconstruct_epilogue_sm90.cuh"
 
 namespace xkv::cuda::detail {
 /// Keeps the compiler from moving accumulator accesses across the asynchronous wgmma.
@@ -40,7 +40,7 @@ struct TmaTile {
   static constexpr int kB_Bytes = BN * BK * 2;
   static constexpr int kStageBytes = kA_Bytes + kB_Bytes;
   // Output staging: per consumer warp 16 rows x 128 columns (half the tile's width per round).
-  static constexpr int kStagingRowBytes = 256;
+  static constexpr int kStagingRowBytes = kEpilogueStagingRowBytes;
   static constexpr int kStagingBytes = kConsumers * 4 * 16 * kStagingRowBytes;
   static constexpr int kSmemBytes =
       1024 + kStages * kStageBytes + kStagingBytes + 8 * kMaxRopePairs + 2 * kStages * 8;
@@ -130,90 +130,6 @@ __device__ __forceinline__ void wgmma_m64n256k16(float (&d)[128], std::uint64_t 
 #undef XKV_WGMMA_M64N256K16
 
 // ------------------------------------------------------------------ the kernel
-/// Pair index of the thread's factor `f` (0..HEAD_DIM/8-1) for lane quad position q.
-template <RopeMode MODE>
-__device__ __forceinline__ int rope_pair_of(int f, int q) {
-  if constexpr (MODE == RopeMode::HalfSplit) return 8 * (f / 2) + 2 * q + f % 2;  // block f/2, column 2q + f%2
-  return 4 * f + q;                                                                // interleaved: block f
-}
-
-/// Rotates row `half` of a warp's accumulators (wgmma layout, COLS columns = COLS / HEAD_DIM heads)
-/// at `position`: each cos/sin pair is evaluated once and applied to every head. False if a
-/// position is outside the caller's table (TABLE).
-template <int HEAD_DIM, RopeMode MODE, bool TABLE, int COLS>
-__device__ __forceinline__ bool rope_row(const ReconstructArgs& p, const double* inv_freq, std::int64_t position,
-                                         int q, int half, float (&acc)[COLS / 2]) {
-  constexpr int kBlocksPerHead = HEAD_DIM / 8, kHeads = COLS / HEAD_DIM;
-  bool ok = true;
-#pragma unroll
-  for (int f = 0; f < HEAD_DIM / 8; ++f) {
-    if (MODE == RopeMode::Interleaved && 8 * f >= p.rotary_dim) break;  // partial rotary: the rest stays
-    float s = 0.f, c = 1.f;
-    ok &= rope_cos_sin<TABLE>(p, inv_freq, position, rope_pair_of<MODE>(f, q), s, c);
-#pragma unroll
-    for (int h = 0; h < kHeads; ++h) {
-      int i1, i2;
-      if constexpr (MODE == RopeMode::HalfSplit) {  // pair (i, i + d/2): blocks f/2 and f/2 + d/16
-        i1 = (h * kBlocksPerHead + f / 2) * 4 + half * 2 + f % 2;
-        i2 = i1 + kBlocksPerHead / 2 * 4;
-      } else {  // pair (2i, 2i + 1) in block f
-        i1 = (h * kBlocksPerHead + f) * 4 + half * 2;
-        i2 = i1 + 1;
-      }
-      const float x = acc[i1], y = acc[i2];
-      acc[i1] = x * c - y * s;
-      acc[i2] = x * s + y * c;
-    }
-  }
-  return ok;
-}
-
-template <int COLS>
-__device__ __forceinline__ void poison_row(float (&acc)[COLS / 2], int half) {
-#pragma unroll
-  for (int j = 0; j < COLS / 8; ++j) acc[j * 4 + half * 2] = acc[j * 4 + half * 2 + 1] = __int_as_float(0x7fc00000);
-}
-
-/// Writes columns [128 round, 128 round + 128) of a warp's 16 accumulator rows through the warp's
-/// swizzled 16 x 256-byte staging buffer (stmatrix), so that every global store is 16 bytes and the
-/// warp writes two 256-byte row runs at a time. row_base: output offset of row lane & 15 (or < 0).
-template <class T, int HEAD_DIM, int COLS>
-__device__ __forceinline__ void store_round(const float (&acc)[COLS / 2], int round, int n0, int width,
-                                            unsigned char* warp_staging, std::int64_t row_base, T* out,
-                                            std::int64_t head_stride) {
-  constexpr int kRowBytes = TmaTile::kStagingRowBytes;
-  const int lane = threadIdx.x & 31;
-  const std::uint32_t staging_base = smem_address(warp_staging);
-  // Accumulator blocks j (8 columns) x halves h are the 8x8 matrices stmatrix stores; lane L
-  // gives the row address of matrix L/8 = (block j0 + (L/8)/2, half (L/8)%2).
-#pragma unroll
-  for (int i = 0; i < 8; ++i) {
-    const int m = lane >> 3, chunk = 2 * i + (m >> 1), row = 8 * (m & 1) + (lane & 7);
-    const std::uint32_t address = staging_base + row * kRowBytes + ((chunk ^ (row & 7)) << 4);
-    const int j0 = 16 * round + 2 * i;
-    std::uint32_t r[4];
-#pragma unroll
-    for (int mm = 0; mm < 4; ++mm) {
-      const int a = (j0 + (mm >> 1)) * 4 + (mm & 1) * 2;
-      r[mm] = ElementTraits<T>::pack(acc[a], acc[a + 1]);
-    }
-    asm volatile("stmatrix.sync.aligned.m8n8.x4.shared.b16 [%0], {%1, %2, %3, %4};\n" ::"r"(address), "r"(r[0]),
-                 "r"(r[1]), "r"(r[2]), "r"(r[3])
-                 : "memory");
-  }
-  __syncwarp();
-  const int chunk = lane & 15, col = n0 + 128 * round + 8 * chunk;
-  const std::int64_t col_offset = (col / HEAD_DIM) * head_stride + col % HEAD_DIM;
-#pragma unroll
-  for (int i = 0; i < 8; ++i) {  // rows 2i and 2i+1, sixteen 16-byte chunks each
-    const int row = 2 * i + (lane >> 4);
-    const uint4 v = *reinterpret_cast<const uint4*>(warp_staging + row * kRowBytes + ((chunk ^ (row & 7)) << 4));
-    const std::int64_t base = __shfl_sync(0xffffffffu, row_base, row);
-    if (base >= 0 && col < width) *reinterpret_cast<uint4*>(out + base + col_offset) = v;
-  }
-  __syncwarp();  // the buffer is rewritten next
-}
-
 template <class T, int HEAD_DIM, RopeMode MODE, bool TABLE>
 __global__ void __launch_bounds__(TmaTile::kThreads, 1)
     reconstruct_tma_kernel(const __grid_constant__ TmaReconstructArgs args) {
@@ -226,8 +142,8 @@ __global__ void __launch_bounds__(TmaTile::kThreads, 1)
   unsigned char* smem = reinterpret_cast<unsigned char*>((reinterpret_cast<std::uintptr_t>(smem_raw) + 1023) &
                                                          ~std::uintptr_t(1023));
   unsigned char* staging = smem + STAGES * Tile::kStageBytes;
-  double* inv_freq = reinterpret_cast<double*>(staging + Tile::kStagingBytes);
-  std::uint64_t* full = reinterpret_cast<std::uint64_t*>(inv_freq + kMaxRopePairs);  // stage loaded
+  float2* turns = reinterpret_cast<float2*>(staging + Tile::kStagingBytes);  // fill_rope_turns
+  std::uint64_t* full = reinterpret_cast<std::uint64_t*>(turns + kMaxRopePairs);  // stage loaded
   std::uint64_t* empty = full + STAGES;                                               // stage consumed
 
   const int tid = threadIdx.x;
@@ -244,8 +160,9 @@ __global__ void __launch_bounds__(TmaTile::kThreads, 1)
     }
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
   }
+  bool turns_ok = false;  // fp32 angles: every pair within one turn per position
   if constexpr (MODE != RopeMode::None && !TABLE)
-    for (int i = tid; i < p.rotary_dim / 2; i += Tile::kThreads) inv_freq[i] = p.inv_freq[i];
+    turns_ok = fill_rope_turns(p.inv_freq, p.rotary_dim / 2, turns);  // a CTA-wide barrier
   __syncthreads();  // the last CTA-wide barrier: the roles below never meet again
 
   if (tid < 128) {  // producer warpgroup: one thread issues every copy
@@ -272,7 +189,7 @@ __global__ void __launch_bounds__(TmaTile::kThreads, 1)
   // Consumer warpgroup cw computes rows [64 cw, 64 cw + 64) of each tile. Accumulator i of this
   // thread: row 16*(warp%4) + lane/4 + 8*((i/2)%2), column 8*(i/4) + 2*(lane%4) + i%2.
   asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n" ::: "memory");
-  const int cw = tid / 128 - 1, warp = (tid / 32) & 3, lane = tid & 31, q = lane & 3;
+  const int cw = tid / 128 - 1, warp = (tid / 32) & 3;
   const std::uint32_t smem_base = smem_address(smem);
   unsigned char* warp_staging = staging + (tid / 32 - 4) * 16 * Tile::kStagingRowBytes;
   T* out = static_cast<T*>(p.out);
@@ -304,34 +221,8 @@ __global__ void __launch_bounds__(TmaTile::kThreads, 1)
     fence_accumulators(acc);
     if ((tid & 127) == 0) mbarrier_arrive(&empty[previous]);
 
-    // RoPE on the accumulators in fp32. Bad positions (outside the caller's table): NaN rows.
-    if constexpr (MODE != RopeMode::None) {
-#pragma unroll
-      for (int half = 0; half < 2; ++half) {
-        const std::int64_t t = m0 + cw * 64 + warp * 16 + (lane >> 2) + 8 * half;
-        std::int64_t token = 0, position = 0;
-        if (t < p.tokens) resolve_token(p, t, token, position);  // dense: validated on the host
-        const bool ok = rope_row<HEAD_DIM, MODE, TABLE, BN>(p, inv_freq, position, q, half, acc);
-        if constexpr (TABLE) {
-          if (!ok) {
-            if (q == 0 && t < p.tokens && p.error_flag) atomicOr(p.error_flag, kBadPosition);
-            poison_row<BN>(acc, half);
-          }
-        }
-      }
-    }
-    // Output row of staging row `lane & 15` of this warp (both half-warps hold the same 16).
-    std::int64_t row_base = -1;
-    const std::int64_t t = m0 + cw * 64 + warp * 16 + (lane & 15);
-    if (t < p.tokens) {
-      row_base = output_row_base(p, t);
-      if (row_base < 0 && n0 == 0 && lane < 16 && p.error_flag) atomicOr(p.error_flag, kBadOutputRow);
-    }
-#pragma unroll
-    for (int round = 0; round < BN / 128; ++round) {
-      if (n0 + 128 * round >= width) break;  // past the last head (uniform)
-      store_round<T, HEAD_DIM, BN>(acc, round, n0, width, warp_staging, row_base, out, p.out_head_stride);
-    }
+    tile_epilogue<T, HEAD_DIM, MODE, TABLE, BN>(p, p.inv_freq, turns_ok ? turns : nullptr, acc, m0 + cw * 64 + warp * 16,
+                                                 n0, width, warp_staging, out);
   }
 #endif
 }
@@ -396,46 +287,6 @@ inline void launch_tma_typed(const ReconstructArgs& args, cudaStream_t stream) {
   const unsigned grid = static_cast<unsigned>(std::min<std::int64_t>(tiles, sms));  // persistent
   kernel<<<grid, Tile::kThreads, Tile::kSmemBytes, stream>>>(tma);
   XKV_CUDA_CHECK(cudaGetLastError());
-}
-
-// ------------------------------------------------------------------ dispatch
-/// Dense ranges run the persistent TMA kernel. Gathered selections run the tiled kernel with its
-/// 2-warpgroup tile, two CTAs per SM: a warp-specialised variant (a cp.async-gathering producer
-/// warpgroup, five stages, one 128 x 128 tile per CTA and one CTA per SM) was slower on an H200:
-/// 15.5 against 13.5 us for 2048 of 131072 tokens, 47 against 31 us for 8192.
-template <class T, int HEAD_DIM, RopeMode MODE, bool TABLE>
-inline void launch_wgmma_typed(const ReconstructArgs& args, cudaStream_t stream) {
-  if (args.tokens == 0) return;
-  if (tma_kernel_applies(args)) return launch_tma_typed<T, HEAD_DIM, MODE, TABLE>(args, stream);
-  if constexpr (HEAD_DIM <= 128)
-    launch_wgmma_tile<T, HEAD_DIM, MODE, TABLE, 2>(args, stream);
-  else
-    XKV_CHECK(false, InvalidArgument,
-              "reconstruct: head_dim " << HEAD_DIM << " on the wgmma path needs a dense range over fewer than 2^31 rows "
-                                       << "of A, got a_rows=" << args.a_rows << (args.token_indices ? " (gathered)" : ""));
-}
-
-template <class T, int HEAD_DIM>
-inline void dispatch_wgmma_rope(const ReconstructArgs& args, RopeMode mode, bool table, cudaStream_t stream) {
-  switch (mode) {
-    case RopeMode::None: return launch_wgmma_typed<T, HEAD_DIM, RopeMode::None, false>(args, stream);
-    case RopeMode::HalfSplit:
-      return table ? launch_wgmma_typed<T, HEAD_DIM, RopeMode::HalfSplit, true>(args, stream)
-                   : launch_wgmma_typed<T, HEAD_DIM, RopeMode::HalfSplit, false>(args, stream);
-    case RopeMode::Interleaved:
-      return table ? launch_wgmma_typed<T, HEAD_DIM, RopeMode::Interleaved, true>(args, stream)
-                   : launch_wgmma_typed<T, HEAD_DIM, RopeMode::Interleaved, false>(args, stream);
-  }
-}
-
-template <class T>
-inline void dispatch_wgmma(const ReconstructArgs& args, RopeMode mode, bool table, cudaStream_t stream) {
-  XKV_REQUIRE(wgmma_supports(args.head_dim, mode, args.rotary_dim, args.token_indices != nullptr),
-              "reconstruct: the wgmma kernel does not handle head_dim " << args.head_dim << " with rotary dims "
-                                                                        << args.rotary_dim);
-  if (args.head_dim == 64) return dispatch_wgmma_rope<T, 64>(args, mode, table, stream);
-  if (args.head_dim == 128) return dispatch_wgmma_rope<T, 128>(args, mode, table, stream);
-  return dispatch_wgmma_rope<T, 256>(args, mode, table, stream);  // dense only (checked above)
 }
 
 }  // namespace xkv::cuda::detail

@@ -1,0 +1,240 @@
+// Epilogue of the Hopper (sm_90a) reconstruct kernels that hold wgmma accumulators in registers:
+// RoPE in fp32 on the accumulators, then stores through a per-warp staging buffer.
+//
+// Accumulator layout (wgmma m64nNk16, fp32): a thread holds rows lane/4 and lane/4 + 8 of its
+// warp's 16, and in each block of 8 columns the two columns 2 (lane % 4) and 2 (lane % 4) + 1;
+// element i is row half (i / 2) % 2, column block i / 4, column i % 2 of the pair.
+#pragma once
+
+#include "xkv/cuda/reconstruct_kernels_sm90.cuh"
+
+namespace xkv::cuda::detail {
+
+/// Bytes per row of a warp's output staging buffer (16 rows): 128 columns of a 16-bit type.
+inline constexpr int kEpilogueStagingRowBytes = 256;
+
+/// Pair index of the thread's factor `f` (0..HEAD_DIM/8-1) for lane quad position q.
+template <RopeMode MODE>
+__device__ __forceinline__ int rope_pair_of(int f, int q) {
+  if constexpr (MODE == RopeMode::HalfSplit) return 8 * (f / 2) + 2 * q + f % 2;  // block f/2, column 2q + f%2
+  return 4 * f + q;                                                                // interleaved: block f
+}
+
+/// Rotates pair `f` (of the thread's HEAD_DIM / 8) in row `half` of every head by (c, s).
+template <int HEAD_DIM, RopeMode MODE, int COLS>
+__device__ __forceinline__ void rotate_pair(float (&acc)[COLS / 2], int f, int half, float c, float s) {
+  constexpr int kBlocksPerHead = HEAD_DIM / 8, kHeads = COLS / HEAD_DIM;
+#pragma unroll
+  for (int h = 0; h < kHeads; ++h) {
+    int i1, i2;
+    if constexpr (MODE == RopeMode::HalfSplit) {  // pair (i, i + d/2): blocks f/2 and f/2 + d/16
+      i1 = (h * kBlocksPerHead + f / 2) * 4 + half * 2 + f % 2;
+      i2 = i1 + kBlocksPerHead / 2 * 4;
+    } else {  // pair (2i, 2i + 1) in block f
+      i1 = (h * kBlocksPerHead + f) * 4 + half * 2;
+      i2 = i1 + 1;
+    }
+    const float x = acc[i1], y = acc[i2];
+    acc[i1] = x * c - y * s;
+    acc[i2] = x * s + y * c;
+  }
+}
+
+/// Positions below 2^24 are exact in fp32, and with at most one turn per position the reduction
+/// below stays exact.
+inline constexpr std::int64_t kFp32RopePositions = std::int64_t{1} << 24;
+
+/// cos/sin at `position` (exact in fp32) of a pair turning `turns` (hi + lo) per position: the
+/// angle in turns is split into the exact product hi * position (rounded part + fma residual),
+/// whose whole turns drop out exactly, plus lo * position; the fractional turn is then accurate
+/// to ~1e-7, as with the fp64 reduction of rope_angle, with fp32 instructions only (the fp64
+/// ones dominated the epilogue on an H200).
+__device__ __forceinline__ void rope_angle_fp32(float2 turns, float position, float& s, float& c) {
+  const float x = position * turns.x;
+  const float residual = fmaf(position, turns.x, -x);
+  const float t = (x - rintf(x)) + fmaf(position, turns.y, residual);
+  __sincosf(t * 6.28318530717958648f, &s, &c);
+}
+
+/// Rotates row `half` of a warp's accumulators (COLS columns = COLS / HEAD_DIM heads) at
+/// `position`: each cos/sin pair is evaluated once and applied to every head, from the caller's
+/// table (TABLE), in fp32 from `turns` (fill_rope_turns; when given and the position is exact in
+/// fp32) or in fp64 from `inv_freq`. False if a position is outside the caller's table.
+template <int HEAD_DIM, RopeMode MODE, bool TABLE, int COLS>
+__device__ __forceinline__ bool rope_row(const ReconstructArgs& p, const double* inv_freq, const float2* turns,
+                                         std::int64_t position, int q, int half, float (&acc)[COLS / 2]) {
+  if constexpr (!TABLE) {
+    if (turns != nullptr && position >= 0 && position < kFp32RopePositions) {  // one branch, outside the loop
+      const float position_fp32 = static_cast<float>(position);
+#pragma unroll
+      for (int f = 0; f < HEAD_DIM / 8; ++f) {
+        if (MODE == RopeMode::Interleaved && 8 * f >= p.rotary_dim) break;  // partial rotary: the rest stays
+        float s, c;
+        rope_angle_fp32(turns[rope_pair_of<MODE>(f, q)], position_fp32, s, c);
+        rotate_pair<HEAD_DIM, MODE, COLS>(acc, f, half, c, s);
+      }
+      return true;
+    }
+  }
+  bool ok = true;
+#pragma unroll
+  for (int f = 0; f < HEAD_DIM / 8; ++f) {
+    if (MODE == RopeMode::Interleaved && 8 * f >= p.rotary_dim) break;
+    float s = 0.f, c = 1.f;
+    ok &= rope_cos_sin<TABLE>(p, inv_freq, position, rope_pair_of<MODE>(f, q), s, c);
+    rotate_pair<HEAD_DIM, MODE, COLS>(acc, f, half, c, s);
+  }
+  return ok;
+}
+
+/// (cos, sin)(delta * inv_freq[pair]) for every pair, in fp64: with consecutive positions an
+/// epilogue steps from one row's factors to those of a row `delta` positions on by one complex
+/// product instead of another sin/cos (the MUFU and fp64 work dominate the epilogue otherwise).
+__device__ __forceinline__ void fill_rope_steps(const double* inv_freq, int pairs, int delta, float2* steps) {
+  for (int i = threadIdx.x; i < pairs; i += blockDim.x) {
+    double s, c;
+    sincos(delta * inv_freq[i], &s, &c);
+    steps[i] = make_float2(static_cast<float>(c), static_cast<float>(s));
+  }
+}
+
+/// (c, s) rotated by `step` = (cos, sin) of the angle step.
+__device__ __forceinline__ float2 rope_advance(float c, float s, float2 step) {
+  return make_float2(c * step.x - s * step.y, s * step.x + c * step.y);
+}
+
+/// The frequency of every pair in turns per position, (hi, lo) floats of inv_freq / (2 pi), for
+/// rope_angle_fp32; false (from every thread) if a frequency exceeds one turn per position.
+__device__ __forceinline__ bool fill_rope_turns(const double* inv_freq, int pairs, float2* turns) {
+  bool ok = true;
+  for (int i = threadIdx.x; i < pairs; i += blockDim.x) {
+    const double g = inv_freq[i] * 0.15915494309189533577;
+    const float hi = static_cast<float>(g);
+    turns[i] = make_float2(hi, static_cast<float>(g - hi));
+    ok &= g >= 0.0 && g <= 1.0;
+  }
+  return __syncthreads_and(ok);
+}
+
+/// RoPE of a warp's rows at consecutive positions (a dense range at a position offset), the
+/// ping-pong kernel's four rows per thread: rows lane/4 and lane/4 + 8 in `top`, 64 rows further
+/// in `bottom`, the first at `position` (< kFp32RopePositions). The first row's factors are
+/// evaluated; the others step from them.
+template <int HEAD_DIM, RopeMode MODE, int COLS>
+__device__ __forceinline__ void rope_consecutive_rows(const ReconstructArgs& p, const float2* turns,
+                                                      const float2* step8, const float2* step64, float position,
+                                                      float (&top)[COLS / 2], float (&bottom)[COLS / 2]) {
+  const int q = threadIdx.x & 3;
+#pragma unroll
+  for (int f = 0; f < HEAD_DIM / 8; ++f) {
+    if (MODE == RopeMode::Interleaved && 8 * f >= p.rotary_dim) break;  // partial rotary: the rest stays
+    const int pair = rope_pair_of<MODE>(f, q);
+    float s, c;
+    rope_angle_fp32(turns[pair], position, s, c);
+    const float2 at8 = rope_advance(c, s, step8[pair]), by64 = step64[pair];
+    const float2 at64 = rope_advance(c, s, by64), at72 = rope_advance(at8.x, at8.y, by64);
+    rotate_pair<HEAD_DIM, MODE, COLS>(top, f, 0, c, s);
+    rotate_pair<HEAD_DIM, MODE, COLS>(top, f, 1, at8.x, at8.y);
+    rotate_pair<HEAD_DIM, MODE, COLS>(bottom, f, 0, at64.x, at64.y);
+    rotate_pair<HEAD_DIM, MODE, COLS>(bottom, f, 1, at72.x, at72.y);
+  }
+}
+
+template <int COLS>
+__device__ __forceinline__ void poison_row(float (&acc)[COLS / 2], int half) {
+#pragma unroll
+  for (int j = 0; j < COLS / 8; ++j) acc[j * 4 + half * 2] = acc[j * 4 + half * 2 + 1] = __int_as_float(0x7fc00000);
+}
+
+/// Writes columns [128 round, 128 round + 128) of a warp's 16 accumulator rows through the warp's
+/// swizzled 16 x 256-byte staging buffer (stmatrix), so that every global store is 16 bytes and the
+/// warp writes two 256-byte row runs at a time. row_base: output offset of row lane & 15 (or < 0).
+template <class T, int HEAD_DIM, int COLS>
+__device__ __forceinline__ void store_round(const float (&acc)[COLS / 2], int round, int n0, int width,
+                                            unsigned char* warp_staging, std::int64_t row_base, T* out,
+                                            std::int64_t head_stride) {
+  constexpr int kRowBytes = kEpilogueStagingRowBytes;
+  const int lane = threadIdx.x & 31;
+  const std::uint32_t staging_base = smem_address(warp_staging);
+  // Accumulator blocks j (8 columns) x halves h are the 8x8 matrices stmatrix stores; lane L
+  // gives the row address of matrix L/8 = (block j0 + (L/8)/2, half (L/8)%2).
+#pragma unroll
+  for (int i = 0; i < 8; ++i) {
+    const int m = lane >> 3, chunk = 2 * i + (m >> 1), row = 8 * (m & 1) + (lane & 7);
+    const std::uint32_t address = staging_base + row * kRowBytes + ((chunk ^ (row & 7)) << 4);
+    const int j0 = 16 * round + 2 * i;
+    std::uint32_t r[4];
+#pragma unroll
+    for (int mm = 0; mm < 4; ++mm) {
+      const int a = (j0 + (mm >> 1)) * 4 + (mm & 1) * 2;
+      r[mm] = ElementTraits<T>::pack(acc[a], acc[a + 1]);
+    }
+    asm volatile("stmatrix.sync.aligned.m8n8.x4.shared.b16 [%0], {%1, %2, %3, %4};\n" ::"r"(address), "r"(r[0]),
+                 "r"(r[1]), "r"(r[2]), "r"(r[3])
+                 : "memory");
+  }
+  __syncwarp();
+  const int chunk = lane & 15, col = n0 + 128 * round + 8 * chunk;
+  const std::int64_t col_offset = (col / HEAD_DIM) * head_stride + col % HEAD_DIM;
+#pragma unroll
+  for (int i = 0; i < 8; ++i) {  // rows 2i and 2i+1, sixteen 16-byte chunks each
+    const int row = 2 * i + (lane >> 4);
+    const uint4 v = *reinterpret_cast<const uint4*>(warp_staging + row * kRowBytes + ((chunk ^ (row & 7)) << 4));
+    const std::int64_t base = __shfl_sync(0xffffffffu, row_base, row);
+    if (base >= 0 && col < width) *reinterpret_cast<uint4*>(out + base + col_offset) = v;
+  }
+  __syncwarp();  // the buffer is rewritten next
+}
+
+/// RoPE of a warp's 16 rows from `warp_row0`, each row's factors evaluated at its own position
+/// (rows at bad positions, outside the caller's table, become NaN and raise the error flag).
+template <int HEAD_DIM, RopeMode MODE, bool TABLE, int COLS>
+__device__ __forceinline__ void rope_rows(const ReconstructArgs& p, const double* inv_freq, const float2* turns,
+                                          float (&acc)[COLS / 2], std::int64_t warp_row0) {
+  const int lane = threadIdx.x & 31, q = lane & 3;
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const std::int64_t t = warp_row0 + (lane >> 2) + 8 * half;
+    std::int64_t token = 0, position = 0;
+    if (t < p.tokens) resolve_token(p, t, token, position);  // dense: validated on the host
+    const bool ok = rope_row<HEAD_DIM, MODE, TABLE, COLS>(p, inv_freq, turns, position, q, half, acc);
+    if constexpr (TABLE) {
+      if (!ok) {
+        if (q == 0 && t < p.tokens && p.error_flag) atomicOr(p.error_flag, kBadPosition);
+        poison_row<COLS>(acc, half);
+      }
+    }
+  }
+}
+
+/// Stores a warp's 16 rows from `warp_row0`, COLS columns from `n0`, with 16-byte stores through
+/// the warp's staging buffer.
+template <class T, int HEAD_DIM, int COLS>
+__device__ __forceinline__ void store_rows(const ReconstructArgs& p, const float (&acc)[COLS / 2],
+                                           std::int64_t warp_row0, int n0, int width, unsigned char* warp_staging,
+                                           T* out) {
+  const int lane = threadIdx.x & 31;
+  // Output row of staging row `lane & 15` of this warp (both half-warps hold the same 16).
+  std::int64_t row_base = -1;
+  const std::int64_t t = warp_row0 + (lane & 15);
+  if (t < p.tokens) {
+    row_base = output_row_base(p, t);
+    if (row_base < 0 && n0 == 0 && lane < 16 && p.error_flag) atomicOr(p.error_flag, kBadOutputRow);
+  }
+#pragma unroll
+  for (int round = 0; round < COLS / 128; ++round) {
+    if (n0 + 128 * round >= width) break;  // past the last head (uniform)
+    store_round<T, HEAD_DIM, COLS>(acc, round, n0, width, warp_staging, row_base, out, p.out_head_stride);
+  }
+}
+
+/// A consumer warp's epilogue for its 16 rows from `warp_row0` and the COLS columns from `n0`.
+template <class T, int HEAD_DIM, RopeMode MODE, bool TABLE, int COLS>
+__device__ __forceinline__ void tile_epilogue(const ReconstructArgs& p, const double* inv_freq,
+                                              const float2* turns, float (&acc)[COLS / 2], std::int64_t warp_row0, int n0, int width,
+                                              unsigned char* warp_staging, T* out) {
+  if constexpr (MODE != RopeMode::None) rope_rows<HEAD_DIM, MODE, TABLE, COLS>(p, inv_freq, turns, acc, warp_row0);
+  store_rows<T, HEAD_DIM, COLS>(p, acc, warp_row0, n0, width, warp_staging, out);
+}
+
+}  // namespace xkv::cuda::detail
