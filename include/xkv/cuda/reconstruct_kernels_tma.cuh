@@ -1,11 +1,13 @@
-// Hopper (sm_90a) persistent kernel of the fused reconstruct-then-RoPE for dense token ranges.
+// Hopper (sm_90a) persistent cooperative kernel of the fused reconstruct-then-RoPE for dense
+// token ranges that the ping-pong kernel (reconstruct_kernels_pingpong.cuh) does not take: rank
+// above 512 (B^T too large to stay in shared memory) or head_dim 256. Also the TMA and mbarrier
+// helpers both kernels use.
 //
 // Why this shape: a tiled kernel in which all threads load with cp.async, meet at a CTA barrier
 // and drain wgmma at every k-tile ran the headline case at ~1.9x cuBLAS. Here one thread streams
 // A and B^T tiles with TMA into a ring of stages guarded by mbarriers, two consumer warpgroups
 // keep wgmma fed (the ring's next stage is loaded while they multiply), and one CTA per SM walks
-// whole row blocks persistently, so the next tile's loads run under the current tile's epilogue
-// and a row block's RoPE factors are computed once for all its column tiles.
+// the tiles persistently, so the next tile's loads run under the current tile's epilogue.
 // Tile: 128 tokens x 256 columns (one head of 256, two of 128 or four of 64), 64 of the rank per
 // stage.
 // Gathered selections cannot use tiled TMA copies (their rows are arbitrary): the tiled kernel
