@@ -1,6 +1,7 @@
 // Harness of the fused reconstruct+RoPE kernel tests (see reconstruct_case.hpp).
 #include "reconstruct_case.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <numeric>
@@ -178,14 +179,15 @@ double run_case_on(const Case& c, xkv::cuda::KernelPath path, std::uint64_t salt
   for (std::int64_t t = 0; t < tokens; ++t) {
     const std::int64_t token = c.indices.empty() ? c.begin + t : c.indices[std::size_t(t)];
     const std::int64_t position = c.positions_array ? positions[std::size_t(t)] : c.position_offset + token;
-    for (std::int64_t j = 0; j < width; ++j) {
-      double sum = 0;
-      if (c.copy) {
-        sum = a_val[std::size_t(token * cols + j)];
-      } else {
-        for (int k = 0; k < c.rank; ++k) sum += a_val[std::size_t(token * cols + k)] * b_val[std::size_t(k * width + j)];
+    if (c.copy) {
+      for (std::int64_t j = 0; j < width; ++j) row[std::size_t(j)] = a_val[std::size_t(token * cols + j)];
+    } else {  // row = A[token] * B, B walked row by row (contiguous) so the reference stays quick
+      std::fill(row.begin(), row.end(), 0.0);
+      for (int k = 0; k < c.rank; ++k) {
+        const double a_tk = a_val[std::size_t(token * cols + k)];
+        const double* b_row = b_val.data() + std::size_t(k) * std::size_t(width);
+        for (std::int64_t j = 0; j < width; ++j) row[std::size_t(j)] += a_tk * b_row[j];
       }
-      row[std::size_t(j)] = sum;
     }
     for (int h = 0; h < c.heads; ++h) {
       double* head = row.data() + std::size_t(h) * c.head_dim;
