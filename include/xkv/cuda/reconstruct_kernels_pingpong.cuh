@@ -114,8 +114,9 @@ __global__ void __launch_bounds__(PingpongTile::kThreads, 1)
   unsigned char* warp_staging = staging + (tid / 32 - 4) * 16 * TmaTile::kStagingRowBytes;
   T* out = static_cast<T*>(p.out);
   if (wg < items) mbarrier_wait(bt_loaded, 0);
-  // Positions offset + token: the epilogue steps each thread's RoPE factors from row to row, and
-  // the first row's are evaluated while the item's products run.
+  // Positions offset + token: the epilogue evaluates the factors of each thread's first row and
+  // steps to its other rows. (Evaluating them in the multiplying warpgroup, between its commit
+  // and wait, delayed the stage hand-back and the next products: slower, see PERFORMANCE.md.)
   constexpr bool kRopeFactors = MODE != RopeMode::None && !TABLE;
   const bool consecutive = kRopeFactors && turns_ok && p.positions == nullptr;
   float acc_top[64], acc_bottom[64];
