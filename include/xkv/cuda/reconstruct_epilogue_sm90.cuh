@@ -6,6 +6,8 @@
 // element i is row half (i / 2) % 2, column block i / 4, column i % 2 of the pair.
 #pragma once
 
+#include <cuda.h>
+
 #include "xkv/cuda/reconstruct_kernels_sm90.cuh"
 
 namespace xkv::cuda::detail {
@@ -225,6 +227,60 @@ __device__ __forceinline__ void store_rows(const ReconstructArgs& p, const float
   for (int round = 0; round < COLS / 128; ++round) {
     if (n0 + 128 * round >= width) break;  // past the last head (uniform)
     store_round<T, HEAD_DIM, COLS>(acc, round, n0, width, warp_staging, row_base, out, p.out_head_stride);
+  }
+}
+
+/// 3-D tiled TMA store of the box at (c0, c1, c2) from shared memory, in this thread's bulk group.
+__device__ __forceinline__ void tma_store_3d(const CUtensorMap* map, const void* src, int c0, int c1, int c2) {
+  asm volatile("cp.async.bulk.tensor.3d.global.shared::cta.bulk_group [%0, {%2, %3, %4}], [%1];\n" ::"l"(
+                   reinterpret_cast<std::uint64_t>(map)),
+               "r"(smem_address(src)), "r"(c0), "r"(c1), "r"(c2)
+               : "memory");
+}
+__device__ __forceinline__ void bulk_commit() { asm volatile("cp.async.bulk.commit_group;\n" ::: "memory"); }
+/// Waits until this thread's bulk stores have read their shared-memory source.
+__device__ __forceinline__ void bulk_wait_read() { asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory"); }
+/// Waits until this thread's bulk stores are complete.
+__device__ __forceinline__ void bulk_wait_all() { asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory"); }
+
+/// Stores a warp's 16 rows from `warp_row0` (128 columns from `n0`, wgmma m64n128 accumulators)
+/// with two TMA stores of 16 x 64 boxes: the accumulators go to the warp's staging buffer in the
+/// TMA 128-byte-swizzle layout (box h at h * 2048; row r's 16-byte chunk c at
+/// r * 128 + ((c ^ (r & 7)) << 4)) and lane 0 issues the copies. Replaces store_rows' per-row
+/// loads, shuffles and 16-byte stores for plain outputs. The caller waits (bulk_wait_all) before
+/// the CTA exits.
+template <class T, int HEAD_DIM>
+__device__ __forceinline__ void store_rows_tma(const ReconstructArgs& p, const CUtensorMap* out_map,
+                                               const float (&acc)[64], std::int64_t warp_row0, int n0, int width,
+                                               unsigned char* warp_staging) {
+  const int lane = threadIdx.x & 31;
+  if (lane == 0) bulk_wait_read();  // this warp's previous stores have read the buffer
+  __syncwarp();
+  const std::uint32_t staging_base = smem_address(warp_staging);
+#pragma unroll
+  for (int i = 0; i < 8; ++i) {
+    const int m = lane >> 3, chunk = 2 * i + (m >> 1), row = 8 * (m & 1) + (lane & 7);
+    const std::uint32_t address = staging_base + (chunk >> 3) * 2048 + row * 128 + (((chunk & 7) ^ (row & 7)) << 4);
+    std::uint32_t r[4];
+#pragma unroll
+    for (int mm = 0; mm < 4; ++mm) {
+      const int a = (2 * i + (mm >> 1)) * 4 + (mm & 1) * 2;
+      r[mm] = ElementTraits<T>::pack(acc[a], acc[a + 1]);
+    }
+    asm volatile("stmatrix.sync.aligned.m8n8.x4.shared.b16 [%0], {%1, %2, %3, %4};\n" ::"r"(address), "r"(r[0]),
+                 "r"(r[1]), "r"(r[2]), "r"(r[3])
+                 : "memory");
+  }
+  fence_proxy_async();  // the staged values, written by the generic proxy, visible to the TMA
+  __syncwarp();
+  if (lane == 0) {
+    const int row = static_cast<int>(p.output_row_offset + warp_row0);
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int col = n0 + 64 * h;
+      if (col < width) tma_store_3d(out_map, warp_staging + h * 2048, col % HEAD_DIM, row, col / HEAD_DIM);
+    }
+    bulk_commit();
   }
 }
 

@@ -173,9 +173,15 @@ __global__ void __launch_bounds__(PingpongTile::kThreads, 1)
         rope_rows<HEAD_DIM, MODE, TABLE, BN>(p, p.inv_freq, fp32_turns, acc_bottom, bottom_row0);
       }
     }
-    store_rows<T, HEAD_DIM, BN>(p, acc_top, top_row0, n0, width, warp_staging, out);
-    store_rows<T, HEAD_DIM, BN>(p, acc_bottom, bottom_row0, n0, width, warp_staging, out);
+    if (args.out_by_tma) {
+      store_rows_tma<T, HEAD_DIM>(p, &args.out_map, acc_top, top_row0, n0, width, warp_staging);
+      store_rows_tma<T, HEAD_DIM>(p, &args.out_map, acc_bottom, bottom_row0, n0, width, warp_staging);
+    } else {
+      store_rows<T, HEAD_DIM, BN>(p, acc_top, top_row0, n0, width, warp_staging, out);
+      store_rows<T, HEAD_DIM, BN>(p, acc_bottom, bottom_row0, n0, width, warp_staging, out);
+    }
   }
+  if (args.out_by_tma && lane == 0) bulk_wait_all();  // the staging buffers stay valid until read
 #endif
 }
 
@@ -197,6 +203,7 @@ inline void launch_pingpong_typed(const ReconstructArgs& args, cudaStream_t stre
   const std::int64_t width = std::int64_t(args.heads) * HEAD_DIM;
   tma.a_map = operand_tensor_map<T>(args.a, args.rank, args.a_rows, args.lda, Tile::BM);
   tma.bt_map = operand_tensor_map<T>(args.bt, args.rank, width, args.ldbt, Tile::BN);
+  tma.out_by_tma = output_tensor_map<T>(args, tma.out_map) ? 1 : 0;
   int device = 0, sms = 0;
   XKV_CUDA_CHECK(cudaGetDevice(&device));
   XKV_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));

@@ -53,6 +53,10 @@ struct TmaTile {
 struct TmaReconstructArgs {  // 64-byte aligned through CUtensorMap
   CUtensorMap a_map;   ///< A: rank (inner) x a_rows, box 64 x BM, 128-byte swizzle
   CUtensorMap bt_map;  ///< B^T: rank (inner) x heads*head_dim, box 64 x BN
+  /// The output as head_dim (inner) x rows x heads, box 64 x 16 x 1, 128-byte swizzle, rows clipped
+  /// at output_row_offset + tokens; valid when out_by_tma (plain token- or head-major output).
+  CUtensorMap out_map;
+  int out_by_tma;
   ReconstructArgs p;
 };
 
@@ -263,6 +267,32 @@ inline CUtensorMap operand_tensor_map(const void* base, std::int64_t inner, std:
             "reconstruct: cuTensorMapEncodeTiled failed (" << static_cast<int>(status) << ") for " << rows
                                                            << " rows of " << inner << ", ld " << ld);
   return map;
+}
+
+/// The output as a 3-D tensor (head_dim, rows, heads) for TMA stores of 64 x 16 boxes, or false
+/// when the output is paged or indirect or its strides or base do not suit TMA. Rows are clipped at
+/// output_row_offset + tokens, so a store never reaches rows past the selection.
+template <class T>
+inline bool output_tensor_map(const ReconstructArgs& args, CUtensorMap& map) {
+  const std::int64_t bytes = sizeof(T);
+  if (args.page_table != nullptr || args.output_rows != nullptr || args.head_dim < 64) return false;
+  if (reinterpret_cast<std::uintptr_t>(args.out) % 16 != 0 || args.out_token_stride * bytes % 16 != 0 ||
+      args.out_head_stride * bytes % 16 != 0)
+    return false;
+  const std::int64_t rows = args.output_row_offset + args.tokens;
+  if (rows >= (std::int64_t{1} << 31)) return false;
+  const cuuint64_t dims[3] = {static_cast<cuuint64_t>(args.head_dim), static_cast<cuuint64_t>(rows),
+                              static_cast<cuuint64_t>(args.heads)};
+  const cuuint64_t strides[2] = {static_cast<cuuint64_t>(args.out_token_stride * bytes),
+                                 static_cast<cuuint64_t>(args.out_head_stride * bytes)};
+  const cuuint32_t box[3] = {64, 16, 1};
+  const cuuint32_t element_strides[3] = {1, 1, 1};
+  const CUtensorMapDataType type =
+      std::is_same_v<T, __half> ? CU_TENSOR_MAP_DATA_TYPE_FLOAT16 : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16;
+  const CUresult status = tensor_map_encoder()(&map, type, 3, args.out, dims, strides, box, element_strides,
+                                               CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                                               CU_TENSOR_MAP_L2_PROMOTION_NONE, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  return status == CUDA_SUCCESS;  // else the per-row stores, which take any layout
 }
 
 /// Whether the TMA kernel takes a launch: a dense range whose rows TMA can address (32-bit
