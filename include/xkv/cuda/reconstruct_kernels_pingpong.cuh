@@ -198,15 +198,10 @@ inline void launch_pingpong_typed(const ReconstructArgs& args, cudaStream_t stre
   auto kernel = reconstruct_pingpong_kernel<T, HEAD_DIM, MODE, TABLE>;
   static std::uint64_t smem_configured = 0;  // per instantiation
   allow_shared_memory(kernel, Tile::smem_bytes(Tile::kMaxRankTiles), smem_configured);
-  TmaReconstructArgs tma{};
-  tma.p = args;
-  const std::int64_t width = std::int64_t(args.heads) * HEAD_DIM;
-  tma.a_map = operand_tensor_map<T>(args.a, args.rank, args.a_rows, args.lda, Tile::BM);
-  tma.bt_map = operand_tensor_map<T>(args.bt, args.rank, width, args.ldbt, Tile::BN);
+  TmaReconstructArgs tma = tma_arguments<T>(args, Tile::BM, Tile::BN);
   tma.out_by_tma = output_tensor_map<T>(args, tma.out_map) ? 1 : 0;
-  int device = 0, sms = 0;
-  XKV_CUDA_CHECK(cudaGetDevice(&device));
-  XKV_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  const std::int64_t width = std::int64_t(args.heads) * HEAD_DIM;
+  const int sms = multiprocessor_count();
   const std::int64_t col_tiles = (width + Tile::BN - 1) / Tile::BN;
   const std::int64_t row_blocks = (args.tokens + Tile::BM - 1) / Tile::BM;
   // As many slots as fill the SMs, but no CTA without a row block.

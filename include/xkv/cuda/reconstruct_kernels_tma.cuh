@@ -301,20 +301,34 @@ inline bool tma_kernel_applies(const ReconstructArgs& args) {
   return args.token_indices == nullptr && args.a_rows < (std::int64_t{1} << 31) - TmaTile::BM;
 }
 
+/// The TMA kernels' parameter: args plus the descriptors of A (boxes of a_box_rows rows) and B^T
+/// (boxes of bt_box_rows rows); no TMA output (out_by_tma = 0).
+template <class T>
+inline TmaReconstructArgs tma_arguments(const ReconstructArgs& args, int a_box_rows, int bt_box_rows) {
+  TmaReconstructArgs tma{};
+  tma.p = args;
+  const std::int64_t width = std::int64_t(args.heads) * args.head_dim;
+  tma.a_map = operand_tensor_map<T>(args.a, args.rank, args.a_rows, args.lda, a_box_rows);
+  tma.bt_map = operand_tensor_map<T>(args.bt, args.rank, width, args.ldbt, bt_box_rows);
+  return tma;
+}
+
+inline int multiprocessor_count() {
+  int device = 0, sms = 0;
+  XKV_CUDA_CHECK(cudaGetDevice(&device));
+  XKV_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  return sms;
+}
+
 template <class T, int HEAD_DIM, RopeMode MODE, bool TABLE>
 inline void launch_tma_typed(const ReconstructArgs& args, cudaStream_t stream) {
   using Tile = TmaTile;
   auto kernel = reconstruct_tma_kernel<T, HEAD_DIM, MODE, TABLE>;
   static std::uint64_t smem_configured = 0;  // per instantiation
   allow_shared_memory(kernel, Tile::kSmemBytes, smem_configured);
-  TmaReconstructArgs tma{};
-  tma.p = args;
+  const TmaReconstructArgs tma = tma_arguments<T>(args, Tile::BM, Tile::BN);
   const std::int64_t width = std::int64_t(args.heads) * HEAD_DIM;
-  tma.a_map = operand_tensor_map<T>(args.a, args.rank, args.a_rows, args.lda, Tile::BM);
-  tma.bt_map = operand_tensor_map<T>(args.bt, args.rank, width, args.ldbt, Tile::BN);
-  int device = 0, sms = 0;
-  XKV_CUDA_CHECK(cudaGetDevice(&device));
-  XKV_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  const int sms = multiprocessor_count();
   const std::int64_t tiles = (args.tokens + Tile::BM - 1) / Tile::BM * ((width + Tile::BN - 1) / Tile::BN);
   const unsigned grid = static_cast<unsigned>(std::min<std::int64_t>(tiles, sms));  // persistent
   kernel<<<grid, Tile::kThreads, Tile::kSmemBytes, stream>>>(tma);
