@@ -4,6 +4,7 @@
 //   8 / 16 heads x 128. The layers are strided token-major views into one row-major [n x D]
 //   buffer (token stride D), so the compressor reads X in place; the *_separate_layers runs copy
 //   each layer into its own buffer first (a per-layer KV cache), so X is staged chunk by chunk.
+// gpu_svd_whole_model_32k: all 16 factorisations of a Llama-3.1-8B 32k prefill, on 1, 4 or 8 streams.
 // The exact method (cuSOLVER Gram + Xsyevd) runs in the same process as the baseline, and its
 // spectrum gives the Eckart-Young optimum for the err/opt counter.
 #include <benchmark/benchmark.h>
@@ -104,7 +105,7 @@ double optimum_squared(Group& g, std::int64_t n, int d) {
 }
 
 void bm_svd(benchmark::State& state, std::int64_t n, int d, GpuSvdMethod method, int power_iterations,
-            bool separate) {
+            bool separate, xkv::cuda::SubspaceProduct product) {
   if (!xkv::cuda::device_available()) {
     state.SkipWithError("no CUDA device");
     return;
@@ -115,6 +116,7 @@ void bm_svd(benchmark::State& state, std::int64_t n, int d, GpuSvdMethod method,
   xkv::cuda::GpuCompressorOptions opt;
   opt.method = method;
   if (power_iterations >= 0) opt.power_iterations = power_iterations;
+  opt.subspace_product = product;
   xkv::cuda::Compressor<bf16> svd(opt);
   auto args = arguments(g, out);
   if (separate) args.layers = separate_layers(g, n, d);
@@ -132,30 +134,118 @@ void bm_svd(benchmark::State& state, std::int64_t n, int d, GpuSvdMethod method,
   const double err2 = xkv::bench::squared_error(g.x.get(), out.a.get(), out.b.get(), n, d,
                                                 shape_for(d).heads * shape_for(d).head_dim, kRank);
   state.counters["err_over_opt"] = std::sqrt(err2 / opt2);
+  state.counters["gram"] = svd.gram_product_for(args) ? 1 : 0;
   state.counters["workspace_MiB"] = double(ws.bytes()) / (1 << 20);
   state.counters["workspace_over_input"] = double(ws.bytes()) / (double(n) * d * sizeof(bf16));
+}
+
+/// A whole model's compression after a 32k-token prefill of Llama-3.1-8B (32 layers in groups of
+/// G = 4, 8 KV heads x 128, so D = 4096): 8 key groups at r = 512 and 8 value groups at r = 768
+/// (the paper's 6.4x, K:V rank 1:1.5), 16 distinct matrices read in place, subspace q = 3.
+/// Factorisation f runs on stream f % streams with its own Compressor and workspace; one
+/// iteration is the wall time from the first launch until every stream is done.
+void bm_whole_model(benchmark::State& state, int streams) {
+  if (!xkv::cuda::device_available()) {
+    state.SkipWithError("no CUDA device");
+    return;
+  }
+  constexpr std::int64_t n = 32768;
+  constexpr int d = 4096, groups = 8, factorisations = 2 * groups;
+  static std::vector<xkv::cuda::DeviceBuffer<bf16>> inputs;
+  if (inputs.empty())
+    for (int f = 0; f < factorisations; ++f) {
+      inputs.emplace_back(std::size_t(n) * d);
+      xkv::bench::fill_test_matrix(inputs.back().get(), n, d, 0.6, 0xA11 + f);
+    }
+  struct Job {
+    std::vector<xkv::KVView<bf16>> layers;
+    xkv::cuda::DeviceBuffer<bf16> a, b;
+    std::unique_ptr<xkv::cuda::Compressor<bf16>> svd;
+    xkv::cuda::SvdArguments<bf16> args;
+    xkv::cuda::DeviceBuffer<char> workspace;
+  };
+  std::vector<Job> jobs(factorisations);
+  std::vector<std::unique_ptr<xkv::cuda::Stream>> lanes;
+  for (int i = 0; i < streams; ++i) lanes.push_back(std::make_unique<xkv::cuda::Stream>());
+  double workspace_bytes = 0;
+  bool all_gram = true;
+  for (int f = 0; f < factorisations; ++f) {
+    Job& job = jobs[f];
+    const int rank = f % 2 == 0 ? 512 : 768;  // keys and values of group f / 2, interleaved
+    for (int l = 0; l < 4; ++l) job.layers.push_back({inputs[f].get() + l * 1024, n, 8, 128, d, 128});
+    job.a = xkv::cuda::DeviceBuffer<bf16>(std::size_t(n) * rank);
+    job.b = xkv::cuda::DeviceBuffer<bf16>(std::size_t(d) * rank);
+    job.svd = std::make_unique<xkv::cuda::Compressor<bf16>>();
+    job.args.layers = job.layers;
+    job.args.rank = rank;
+    job.args.a = job.a.get();
+    job.args.b = job.b.get();
+    job.workspace = xkv::cuda::DeviceBuffer<char>(job.svd->workspace_bytes(job.args));
+    workspace_bytes += double(job.workspace.bytes());
+    all_gram = all_gram && job.svd->gram_product_for(job.args);
+  }
+  cudaEvent_t fork = nullptr;
+  std::vector<cudaEvent_t> joins(std::size_t(streams), nullptr);
+  XKV_CUDA_CHECK(cudaEventCreateWithFlags(&fork, cudaEventDisableTiming));
+  for (auto& e : joins) XKV_CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+  const cudaStream_t main_lane = lanes[0]->get();
+  auto compress_all = [&] {
+    XKV_CUDA_CHECK(cudaEventRecord(fork, main_lane));
+    for (int i = 1; i < streams; ++i) XKV_CUDA_CHECK(cudaStreamWaitEvent(lanes[i]->get(), fork));
+    for (int f = 0; f < factorisations; ++f) {
+      Job& job = jobs[f];
+      (void)job.svd->run(job.args, job.workspace.get(), job.workspace.bytes(), lanes[f % streams]->get());
+    }
+    for (int i = 1; i < streams; ++i) {
+      XKV_CUDA_CHECK(cudaEventRecord(joins[i], lanes[i]->get()));
+      XKV_CUDA_CHECK(cudaStreamWaitEvent(main_lane, joins[i]));
+    }
+  };
+  compress_all();  // warm-up
+  for (int f = 0; f < factorisations; ++f) jobs[f].svd->check(lanes[f % streams]->get());
+  xkv::cuda::EventTimer timer;
+  for (auto _ : state) {
+    timer.start(main_lane);
+    compress_all();
+    state.SetIterationTime(timer.stop(main_lane) / 1e3);
+  }
+  for (int f = 0; f < factorisations; ++f) jobs[f].svd->check(lanes[f % streams]->get());
+  (void)cudaEventDestroy(fork);
+  for (auto& e : joins) (void)cudaEventDestroy(e);
+  state.counters["gram"] = all_gram ? 1 : 0;
+  state.counters["workspace_GiB"] = workspace_bytes / double(1 << 30);
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
+  constexpr auto Auto = xkv::cuda::SubspaceProduct::Auto;
   for (const std::int64_t n : {4096, 32768, 131072}) {
     for (const int d : {1152, 4096, 8192}) {
       const std::string shape = "n=" + std::to_string(n) + "/D=" + std::to_string(d) + "/r=" + std::to_string(kRank);
-      benchmark::RegisterBenchmark(("gpu_svd_randomized_p64_q2/" + shape).c_str(), bm_svd, n, d, GpuSvdMethod::Randomized, 2, false)
+      benchmark::RegisterBenchmark(("gpu_svd_randomized_p64_q2/" + shape).c_str(), bm_svd, n, d, GpuSvdMethod::Randomized, 2, false, Auto)
           ->UseManualTime()->Unit(benchmark::kMillisecond)->Iterations(5)->Repetitions(5)->ReportAggregatesOnly(true);
       // Subspace iteration needs one more power iteration for the same err/opt (no oversampling).
-      benchmark::RegisterBenchmark(("gpu_svd_subspace_q3/" + shape).c_str(), bm_svd, n, d, GpuSvdMethod::Subspace, 3, false)
+      benchmark::RegisterBenchmark(("gpu_svd_subspace_q3/" + shape).c_str(), bm_svd, n, d, GpuSvdMethod::Subspace, 3, false, Auto)
           ->UseManualTime()->Unit(benchmark::kMillisecond)->Iterations(5)->Repetitions(5)->ReportAggregatesOnly(true);
-      if (n >= 32768 && d == 4096)
+      if (n >= 32768 && d == 4096) {
         benchmark::RegisterBenchmark(("gpu_svd_subspace_q3_separate_layers/" + shape).c_str(), bm_svd, n, d,
-                                     GpuSvdMethod::Subspace, 3, true)
+                                     GpuSvdMethod::Subspace, 3, true, xkv::cuda::SubspaceProduct::Auto)
             ->UseManualTime()->Unit(benchmark::kMillisecond)->Iterations(5)->Repetitions(5)->ReportAggregatesOnly(true);
+        // The sketch product on the same matrix, for the ratio (Auto picks the Gram product here).
+        benchmark::RegisterBenchmark(("gpu_svd_subspace_q3_sketch/" + shape).c_str(), bm_svd, n, d,
+                                     GpuSvdMethod::Subspace, 3, false, xkv::cuda::SubspaceProduct::Sketch)
+            ->UseManualTime()->Unit(benchmark::kMillisecond)->Iterations(5)->Repetitions(5)->ReportAggregatesOnly(true);
+      }
       if (n <= 32768 && d <= 4096)
-        benchmark::RegisterBenchmark(("gpu_svd_exact_gram_syevd/" + shape).c_str(), bm_svd, n, d, GpuSvdMethod::Exact, -1, false)
+        benchmark::RegisterBenchmark(("gpu_svd_exact_gram_syevd/" + shape).c_str(), bm_svd, n, d, GpuSvdMethod::Exact, -1, false, Auto)
             ->UseManualTime()->Unit(benchmark::kMillisecond)->Iterations(2)->Repetitions(3)->ReportAggregatesOnly(true);
     }
   }
+  for (const int streams : {1, 4, 8})
+    benchmark::RegisterBenchmark(("gpu_svd_whole_model_32k/streams=" + std::to_string(streams)).c_str(), bm_whole_model,
+                                 streams)
+        ->UseManualTime()->Unit(benchmark::kMillisecond)->Iterations(3)->Repetitions(3)->ReportAggregatesOnly(true);
   benchmark::Initialize(&argc, argv);
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();

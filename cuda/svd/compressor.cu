@@ -9,116 +9,21 @@
 //                    V_r = Bt W_r diag(1/s_r) (orthonormal); A = X V_r, B = V_r^T.
 //   Only D x k and k x k matrices are orthonormalised, so the n-side never needs a solve, and the
 //   only passes over X are 2(q+1) sketch GEMMs and the final A = X V_r.
+// Subspace method: the same rounds at k = r without the Rayleigh-Ritz problem; V_q is B^T. When the
+// D x D Gram matrix is cheaper than the sketches it runs from G = X^T X instead (gram_subspace.cu).
 // Exact method: S = Gram of the smaller side (fp32 accumulate), cusolverDnXsyevd, then A/B as on the CPU.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <vector>
 
-#include "cholesky.hpp"
-#include "svd_plan.hpp"
-#include "svd_kernels.cuh"
+#include "svd_steps.cuh"
 
 namespace xkv::cuda {
 
 namespace detail {
 
 namespace {
-
-constexpr int kThreads = 256;
-
-int grid_for(std::int64_t count) {
-  const std::int64_t blocks = (count + kThreads - 1) / kThreads;
-  return int(std::clamp<std::int64_t>(blocks, 1, 132 * 16));
-}
-
-void check_launch() { XKV_CUDA_CHECK(cudaGetLastError()); }
-
-template <class T>
-LayerTable<T> make_table(std::span<const KVView<T>> layers) {
-  LayerTable<T> tab{};
-  tab.layers = int(layers.size());
-  tab.heads = layers[0].heads;
-  tab.head_dim = layers[0].head_dim;
-  for (std::size_t l = 0; l < layers.size(); ++l) {
-    tab.data[l] = layers[l].data;
-    tab.token_stride[l] = layers[l].token_stride;
-    tab.head_stride[l] = layers[l].head_stride;
-  }
-  return tab;
-}
-
-/// Stages X[t0 : t0+rows, c0 : c0+cols] into dst (row-major). With energy_partials, also writes
-/// kSumBlocks partial sums of squares of the staged values there (fixed grid: deterministic).
-template <class T>
-void gather(const Plan& plan, const LayerTable<T>& tab, std::int64_t t0, std::int64_t rows, std::int64_t c0,
-            std::int64_t cols, T* dst, cudaStream_t stream, double* energy_partials = nullptr) {
-  constexpr int kVec = int(16 / sizeof(T));
-  const bool vec = plan.vector_loads && c0 % kVec == 0 && cols % kVec == 0;
-  const std::int64_t items = rows * (vec ? cols / kVec : cols);
-  if (energy_partials) {
-    if (vec)
-      gather_chunk_kernel<T, kVec, true><<<kSumBlocks, kThreads, 0, stream>>>(tab, t0, rows, c0, cols, dst,
-                                                                               energy_partials);
-    else
-      gather_chunk_kernel<T, 1, true><<<kSumBlocks, kThreads, 0, stream>>>(tab, t0, rows, c0, cols, dst,
-                                                                          energy_partials);
-  } else if (vec) {
-    gather_chunk_kernel<T, kVec><<<grid_for(items), kThreads, 0, stream>>>(tab, t0, rows, c0, cols, dst);
-  } else {
-    gather_chunk_kernel<T, 1><<<grid_for(items), kThreads, 0, stream>>>(tab, t0, rows, c0, cols, dst);
-  }
-  check_launch();
-}
-
-template <class Src, class Dst>
-void convert(const Src* in, Dst* out, std::int64_t count, cudaStream_t stream) {
-  convert_kernel<Src, Dst><<<grid_for(count), kThreads, 0, stream>>>(in, out, count);
-  check_launch();
-}
-
-/// C = op(A) op(B) (+ beta C) through cublasGemmEx with fp32 alpha/beta.
-void gemm(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, std::int64_t m, std::int64_t n,
-          std::int64_t k, const void* a, cudaDataType at, std::int64_t lda, const void* b, cudaDataType bt,
-          std::int64_t ldb, float beta, void* c, cudaDataType ct, std::int64_t ldc, cublasComputeType_t compute) {
-  const float alpha = 1.0f;
-  XKV_CUDA_CHECK(cublasGemmEx(h, ta, tb, int(m), int(n), int(k), &alpha, a, at, int(lda), b, bt, int(ldb), &beta, c,
-                              ct, int(ldc), compute, CUBLAS_GEMM_DEFAULT));
-}
-
-void dgemm(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, std::int64_t m, std::int64_t n,
-           std::int64_t k, const double* a, std::int64_t lda, const double* b, std::int64_t ldb, double* c,
-           std::int64_t ldc) {
-  const double one = 1.0, zero = 0.0;
-  XKV_CUDA_CHECK(cublasDgemm(h, ta, tb, int(m), int(n), int(k), &one, a, int(lda), b, int(ldb), &zero, c, int(ldc)));
-}
-
-/// Relative diagonal shift before Cholesky of an fp64 Gram matrix: far above fp64 rounding of the
-/// Gram, far below anything that changes the subspace.
-constexpr double kCholeskyShift = 1e-12;
-constexpr double kCholeskyFloor = 1e-200;
-
-/// g (k x k, upper triangle) <- chol + inverse in `chol`, after the relative diagonal shift.
-void factor_shifted(double* g, int k, const CholeskyWorkspace& chol, int* info, cudaStream_t stream) {
-  shift_diagonal_kernel<<<1, 1024, 0, stream>>>(g, k, kCholeskyShift, kCholeskyFloor);
-  check_launch();
-  cholesky_inverse(g, k, chol, info, stream);
-}
-
-/// out (rows x k, fp64) = x R^{-1} with R^T R = x^T x + shift: one CholeskyQR pass, the
-/// triangular solve done as a GEMM with the explicit inverse (R^{-1} = L^{-T}).
-void cholesky_qr(CompressorState& st, const double* x, double* out, std::int64_t rows, int k, double* g,
-                 const CholeskyWorkspace& chol, int* info, cudaStream_t stream, int* nonfinite = nullptr) {
-  const double one = 1.0, zero = 0.0;
-  XKV_CUDA_CHECK(cublasDsyrk(st.blas, CUBLAS_FILL_MODE_UPPER, CUBLAS_OP_T, k, int(rows), &one, x, int(rows), &zero, g, k));
-  if (nonfinite) {  // NaN or Inf anywhere in X reaches this Gram
-    flag_nonfinite_kernel<double><<<1, 256, 0, stream>>>(g, k, nonfinite, k + 1);
-    check_launch();
-  }
-  factor_shifted(g, k, chol, info, stream);
-  XKV_CUDA_CHECK(cublasDgemm(st.blas, CUBLAS_OP_N, CUBLAS_OP_T, int(rows), k, k, &one, x, int(rows), chol.w,
-                             chol.padded, &zero, out, int(rows)));
-}
 
 /// Eigen-decomposition of the k x k Rayleigh-Ritz matrix g (upper triangle, fp64): eigenvalues
 /// ascending into mu, eigenvectors into g, with the solver the options chose.
@@ -161,22 +66,6 @@ void solve_ritz(CompressorState& st, const Plan& plan, double* g, double* mu, co
   }
 }
 
-/// Rows [t0, t0 + rows) of X as a row-major matrix with leading dimension `ld`: X itself when the
-/// layers tile one matrix (plan.direct), else staged into `stage`. With energy_partials, also
-/// kSumBlocks partial sums of their squares.
-template <class T>
-const T* chunk_of_x(const Plan& plan, const LayerTable<T>& tab, std::int64_t t0, std::int64_t rows, T* stage,
-                    double* energy_partials, std::int64_t& ld, cudaStream_t stream) {
-  if (!plan.direct) {
-    gather(plan, tab, t0, rows, 0, plan.d, stage, stream, energy_partials);
-    ld = plan.d;
-    return stage;
-  }
-  if (energy_partials) gather<T>(plan, tab, t0, rows, 0, plan.d, nullptr, stream, energy_partials);
-  ld = plan.x_ld;
-  return tab.data[0] + t0 * plan.x_ld;
-}
-
 /// One sketch pass over X: Z (d x k, fp32) = X^T (X V), chunk by chunk: Y_c = X_c V (in T),
 /// Z += X_c^T Y_c. With energy_partials, the first read also sums ||X_c||^2 (kSumBlocks per chunk).
 template <class T>
@@ -197,29 +86,6 @@ void sketch_pass(CompressorState& st, const Plan& plan, const LayerTable<T>& tab
     gemm(st.blas, CUBLAS_OP_N, CUBLAS_OP_T, d, k, rows, x, dt, ld, yc, dt, k, c == 0 ? 0.0f : 1.0f, z, CUDA_R_32F, d,
          compute);
   }
-}
-
-/// A (n x r, row-major) = X V with V (d x r, column-major), chunk by chunk.
-template <class T>
-void project_rows(CompressorState& st, const Plan& plan, const LayerTable<T>& tab, const T* v, int r, T* stage, T* a,
-                  cudaStream_t stream) {
-  const std::int64_t n = plan.n, d = plan.d;
-  const std::int64_t chunks = (n + plan.chunk_rows - 1) / plan.chunk_rows;
-  for (std::int64_t c = 0; c < chunks; ++c) {
-    const std::int64_t t0 = c * plan.chunk_rows;
-    const std::int64_t rows = std::min(plan.chunk_rows, n - t0);
-    std::int64_t ld = 0;
-    const T* x = chunk_of_x(plan, tab, t0, rows, stage, nullptr, ld, stream);
-    gemm(st.blas, CUBLAS_OP_T, CUBLAS_OP_N, r, rows, d, v, data_type<T>(), d, x, data_type<T>(), ld, 0.0f, a + t0 * r,
-         data_type<T>(), r, fast_compute<T>());
-  }
-}
-
-/// energies[0] = sum of the chunks' partial sums of ||X||^2.
-void reduce_input_energy(const Plan& plan, const double* partials, double* energies, cudaStream_t stream) {
-  const std::int64_t chunks = (plan.n + plan.chunk_rows - 1) / plan.chunk_rows;
-  reduce_partials_kernel<<<1, 256, 0, stream>>>(partials, int(chunks * kSumBlocks), energies);
-  check_launch();
 }
 
 }  // namespace

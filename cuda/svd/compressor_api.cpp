@@ -14,6 +14,9 @@ void GpuCompressorOptions::validate() const {
   XKV_REQUIRE(power_iterations >= 0 && power_iterations <= detail::kMaxPowerIterations,
               "GpuCompressorOptions.power_iterations must be in [0, " << detail::kMaxPowerIterations << "], got "
                                                                       << power_iterations);
+  XKV_REQUIRE(subspace_product == SubspaceProduct::Auto || subspace_product == SubspaceProduct::Sketch ||
+                  subspace_product == SubspaceProduct::Gram,
+              "GpuCompressorOptions.subspace_product is not a SubspaceProduct value: " << int(subspace_product));
   XKV_REQUIRE(staging_fraction > 0 && staging_fraction <= 1,
               "GpuCompressorOptions.staging_fraction must be in (0, 1], got " << staging_fraction);
 }
@@ -93,6 +96,55 @@ bool tiles_one_matrix(std::span<const KVView<T>> layers) {
 
 std::int64_t round_down(std::int64_t v, std::int64_t multiple) { return std::max(multiple, v / multiple * multiple); }
 
+/// Whether the Subspace method runs from the Gram matrix (SubspaceProduct::Auto: fewer FLOPs than
+/// the sketches and the whole workspace within half of the input's bytes), and if so its staging
+/// chunk and fp64 CholeskyQR chunk sizes, fitted into that half.
+bool choose_gram(Plan& p, const GpuCompressorOptions& opt, std::size_t st_bytes) {
+  if (opt.subspace_product == SubspaceProduct::Sketch) return false;
+  const double n = double(p.n), d = double(p.d), r = double(p.rank), elem = double(st_bytes);
+  p.gram_blocks = int(std::clamp<std::int64_t>(p.d / 512, 1, 4));
+  const double gram_flops = n * d * d * (p.gram_blocks + 1) / p.gram_blocks;  // upper block-rows of X^T X
+  const double sketch_flops = 4.0 * (p.power_iterations + 1) * n * d * r;
+  const double input = n * d * elem;
+  // G, Z and V in fp32, V in T, the r x r Gram of CholeskyQR and the Cholesky workspace.
+  const double fixed = 4 * d * d + 8 * d * r + elem * d * r + 8 * r * r + 8.0 * double(CholeskyWorkspace::doubles(p.rank));
+  const std::int64_t min_fp64_rows = std::min<std::int64_t>(p.d, 256);
+  const std::int64_t min_stage_rows = p.direct ? 0 : std::min<std::int64_t>(p.n, 256);
+  const double min_need = 16 * r * double(min_fp64_rows) + double(min_stage_rows) * d * elem;
+  double avail = 0.49 * input - fixed;  // 1%: partial sums, status words, alignment
+  const bool forced = opt.subspace_product == SubspaceProduct::Gram;
+  if (!forced && (gram_flops >= sketch_flops || avail < min_need)) return false;
+  p.gram = true;
+  avail = std::max(avail, min_need);  // forced: the half-of-the-input target may not hold
+  if (p.direct) {
+    p.chunk_rows = p.n;  // X is read in place: one GEMM per block-row
+  } else {  // staging takes at most half of what is left, and no more than the options allow
+    const double stage_bytes = std::min(opt.staging_fraction * input, avail / 2);
+    p.chunk_rows = std::clamp<std::int64_t>(std::int64_t(stage_bytes / (d * elem)), min_stage_rows, p.n);
+    if (p.chunk_rows < p.n) p.chunk_rows = round_down(p.chunk_rows, 64);
+    avail -= double(p.chunk_rows) * d * elem;
+  }
+  p.fp64_rows = std::clamp<std::int64_t>(std::int64_t(avail / (16 * r)), min_fp64_rows, p.d);
+  if (p.fp64_rows < p.d) p.fp64_rows = round_down(p.fp64_rows, 64);
+  return true;
+}
+
+void layout_gram(Plan& p, std::size_t st_bytes, Arena& arena) {
+  const std::size_t d = std::size_t(p.d), r = std::size_t(p.rank);
+  p.k = p.rank;
+  p.off_chol = arena.take(CholeskyWorkspace::doubles(p.rank) * sizeof(double));
+  p.off_gram = arena.take(d * d * sizeof(float));
+  p.off_z = arena.take(d * r * sizeof(float));
+  p.off_v32 = arena.take(d * r * sizeof(float));
+  p.off_zd = arena.take(std::size_t(p.fp64_rows) * r * sizeof(double));
+  p.off_vd = arena.take(std::size_t(p.fp64_rows) * r * sizeof(double));
+  p.off_v = arena.take(d * r * st_bytes);
+  p.off_g = arena.take(r * r * sizeof(double));
+  p.off_stage = arena.take(p.direct ? 0 : std::size_t(p.chunk_rows) * d * st_bytes);
+  const std::int64_t chunks = (p.n + p.chunk_rows - 1) / p.chunk_rows;
+  p.off_partials = arena.take(std::size_t(chunks) * kSumBlocks * sizeof(double));
+}
+
 template <class T>
 Plan make_plan(CompressorState& st, const GpuCompressorOptions& opt, const SvdArguments<T>& args, GpuSvdMethod method) {
   Plan p;
@@ -121,7 +173,9 @@ Plan make_plan(CompressorState& st, const GpuCompressorOptions& opt, const SvdAr
 
   Arena arena;
   std::size_t dev = 0, host = 0;
-  if (method == GpuSvdMethod::Randomized || method == GpuSvdMethod::Subspace) {
+  if (method == GpuSvdMethod::Subspace && choose_gram(p, opt, st_bytes)) {
+    layout_gram(p, st_bytes, arena);
+  } else if (method == GpuSvdMethod::Randomized || method == GpuSvdMethod::Subspace) {
     const std::int64_t d = p.d, r = p.rank;
     const bool ritz = method == GpuSvdMethod::Randomized;
     const int k = ritz ? int(std::min<std::int64_t>(std::int64_t(p.rank) + opt.oversampling, p.m)) : p.rank;
@@ -257,6 +311,12 @@ GpuSvdMethod Compressor<T>::method_for(const SvdArguments<T>& args) const {
 }
 
 template <class T>
+bool Compressor<T>::gram_product_for(const SvdArguments<T>& args) const {
+  validate(args);
+  return detail::make_plan(*state_, options_, args, method_for(args)).gram;
+}
+
+template <class T>
 std::size_t Compressor<T>::workspace_bytes(const SvdArguments<T>& args) const {
   validate(args);
   return detail::make_plan(*state_, options_, args, method_for(args)).total_bytes;
@@ -277,8 +337,9 @@ SvdRun Compressor<T>::run(const SvdArguments<T>& args, void* workspace, std::siz
   int* info = ws.get<int>(plan.off_info);
   XKV_CUDA_CHECK(cudaMemsetAsync(info, 0, detail::kInfoSlots * sizeof(int), stream));
   XKV_CUDA_CHECK(cudaMemsetAsync(ws.get<double>(plan.off_energies), 0, 2 * sizeof(double), stream));
-  SvdRun result{args.rank, method};
+  SvdRun result{args.rank, method, plan.gram};
   if (method == GpuSvdMethod::Randomized) detail::run_randomized<T>(st, plan, args, ws, stream);
+  else if (plan.gram) detail::run_gram_subspace<T>(st, plan, args, ws, stream);
   else if (method == GpuSvdMethod::Subspace) detail::run_subspace<T>(st, plan, args, ws, stream);
   else result.rank = detail::run_exact<T>(st, plan, args, ws, stream);
   XKV_CUDA_CHECK(cudaMemcpyAsync(st.pinned_info, info, detail::kInfoSlots * sizeof(int), cudaMemcpyDeviceToHost, stream));

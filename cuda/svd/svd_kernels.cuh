@@ -1,6 +1,7 @@
 // Small device kernels of the GPU compression path: staging strided layers into contiguous
 // chunks, seeded Gaussian sketches, conversions, and the bookkeeping around cuSOLVER calls.
-// Everything heavy is a cuBLAS GEMM; these kernels are memory-bound glue.
+// Everything heavy is a cuBLAS GEMM; these kernels are memory-bound glue. The header is included
+// by several .cu files: kernels that are not templates are static (one copy per file).
 #pragma once
 
 #include <cuda_bf16.h>
@@ -139,9 +140,41 @@ __global__ void convert_kernel(const Src* __restrict__ in, Dst* __restrict__ out
   }
 }
 
+/// out[i + j * ld_out] = in[i + j * ld_in] for a rows x cols column-major block (a row chunk of a
+/// taller matrix on either side), converted through fp64.
+template <class Src, class Dst>
+__global__ void convert_block_kernel(const Src* __restrict__ in, std::int64_t ld_in, Dst* __restrict__ out,
+                                     std::int64_t ld_out, std::int64_t rows, std::int64_t cols) {
+  const std::int64_t total = rows * cols;
+  for (std::int64_t idx = blockIdx.x * std::int64_t(blockDim.x) + threadIdx.x; idx < total;
+       idx += std::int64_t(gridDim.x) * blockDim.x) {
+    const std::int64_t i = idx % rows, j = idx / rows;
+    out[i + j * ld_out] = from_f64<Dst>(to_f64(in[i + j * ld_in]));
+  }
+}
+
+/// Strict lower triangle of an m x m column-major fp32 matrix <- its upper triangle, through
+/// 32 x 32 shared-memory tiles so that reads and writes both run down columns. Block (32, 8),
+/// grid (tiles, tiles); block (x, y) writes lower tile (row block y, column block x) from upper tile
+/// (x, y), so no two blocks touch the same element.
+static __global__ void mirror_upper_kernel(float* s, std::int64_t m) {
+  __shared__ float tile[32][33];
+  const std::int64_t bi = blockIdx.y, bj = blockIdx.x;
+  if (bi < bj) return;
+  for (int y = threadIdx.y; y < 32; y += blockDim.y) {
+    const std::int64_t row = bj * 32 + threadIdx.x, col = bi * 32 + y;
+    if (row < m && col < m) tile[y][threadIdx.x] = s[row + col * m];
+  }
+  __syncthreads();
+  for (int y = threadIdx.y; y < 32; y += blockDim.y) {
+    const std::int64_t row = bi * 32 + threadIdx.x, col = bj * 32 + y;
+    if (row < m && col < m && row > col) s[row + col * m] = tile[threadIdx.x][y];
+  }
+}
+
 /// Upper triangle of a k x k column-major matrix <- (upper + lower^T) / 2. The lower triangle is
 /// only read, so threads never race.
-__global__ void symmetrize_upper_kernel(double* g, int k) {
+static __global__ void symmetrize_upper_kernel(double* g, int k) {
   const int i = blockIdx.y * blockDim.y + threadIdx.y;
   const int j = blockIdx.x * blockDim.x + threadIdx.x;
   if (i < j && j < k) g[i + std::int64_t(j) * k] = 0.5 * (g[i + std::int64_t(j) * k] + g[j + std::int64_t(i) * k]);
@@ -149,7 +182,7 @@ __global__ void symmetrize_upper_kernel(double* g, int k) {
 
 /// Adds rel * trace(G) (at least floor) to the diagonal, so that Cholesky of a (numerically)
 /// semidefinite Gram matrix succeeds. One block.
-__global__ void shift_diagonal_kernel(double* g, int k, double rel, double floor_shift) {
+static __global__ void shift_diagonal_kernel(double* g, int k, double rel, double floor_shift) {
   __shared__ double partial[1024];
   double s = 0;
   for (int i = threadIdx.x; i < k; i += blockDim.x) s += g[i + std::int64_t(i) * k];
@@ -178,7 +211,7 @@ __global__ void __launch_bounds__(256) sum_squares_kernel(const T* __restrict__ 
 }
 
 /// out[0] = sum of partial[0..count) in a fixed order. One block of 256.
-__global__ void reduce_partials_kernel(const double* __restrict__ partial, int count, double* out) {
+static __global__ void reduce_partials_kernel(const double* __restrict__ partial, int count, double* out) {
   __shared__ double red[256];
   double s = 0;
   for (int i = threadIdx.x; i < count; i += blockDim.x) s += partial[i];
@@ -192,7 +225,7 @@ __global__ void reduce_partials_kernel(const double* __restrict__ partial, int c
 }
 
 /// out[0] = trace of an m x m column-major fp32 matrix, in fp64. One block of 256.
-__global__ void trace_kernel(const float* __restrict__ s, std::int64_t m, double* out) {
+static __global__ void trace_kernel(const float* __restrict__ s, std::int64_t m, double* out) {
   __shared__ double red[256];
   double acc = 0;
   for (std::int64_t i = threadIdx.x; i < m; i += blockDim.x) acc += s[i + i * m];

@@ -80,11 +80,16 @@ struct Plan {
   /// heads contiguous): the sketch GEMMs read X in place and nothing is staged.
   bool direct = false;
   std::int64_t x_ld = 0;  ///< direct: elements between consecutive tokens of X
+  /// Subspace from the Gram matrix G = X^T X (D x D fp32) instead of sketches over X.
+  bool gram = false;
+  int gram_blocks = 1;         ///< G is built as this many upper block-rows
+  std::int64_t fp64_rows = 0;  ///< Gram: rows of the D x r basis converted to fp64 at once (CholeskyQR)
 
   std::size_t solver_bytes = 0;
   std::size_t off_stage = 0, off_yc = 0, off_z = 0, off_zd = 0, off_vd = 0, off_v = 0, off_vrt = 0, off_g = 0,
               off_wsc = 0, off_eigenvalues = 0, off_g32 = 0, off_mu32 = 0, off_scale = 0, off_partials = 0, off_energies = 0, off_info = 0,
-              off_solver = 0, off_s = 0, off_chol = 0;
+              off_solver = 0, off_s = 0, off_chol = 0,
+              off_gram = 0, off_v32 = 0;
   std::size_t total_bytes = 0;
 };
 
@@ -103,6 +108,9 @@ void run_randomized(CompressorState& st, const Plan& plan, const SvdArguments<T>
 template <class T>
 void run_subspace(CompressorState& st, const Plan& plan, const SvdArguments<T>& args, const Workspace& ws,
                   cudaStream_t stream);
+template <class T>
+void run_gram_subspace(CompressorState& st, const Plan& plan, const SvdArguments<T>& args, const Workspace& ws,
+                       cudaStream_t stream);
 template <class T>
 int run_exact(CompressorState& st, const Plan& plan, const SvdArguments<T>& args, const Workspace& ws,
               cudaStream_t stream);

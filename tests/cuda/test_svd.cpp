@@ -26,6 +26,7 @@ GpuCompressorOptions with_method(GpuSvdMethod method) {
   GpuCompressorOptions o;
   o.method = method;
   o.seed = test_seed();
+  o.subspace_product = cuda::SubspaceProduct::Sketch;  // test_svd_gram.cpp covers the Gram product
   return o;
 }
 

@@ -41,6 +41,18 @@ enum class GpuSvdMethod {
   Subspace,
 };
 
+/// How the Subspace method applies X^T X to its D x r basis V in each round.
+enum class SubspaceProduct {
+  /// Gram when it takes fewer FLOPs than the sketches and its workspace stays within half of the
+  /// input's bytes (n >= ~8 D in bf16, e.g. n >= 32768 at D = 4096), else Sketch.
+  Auto,
+  Sketch,  ///< X^T (X V) over token chunks: 2 (q + 1) passes over X, workspace O(D r)
+  /// G = X^T X once (fp32 accumulate, upper block-rows only: ~(b + 1) / 2b of a full GEMM for b
+  /// column blocks), then each round is G V (TF32, D^2 r FLOPs) and X is read twice in all.
+  /// Workspace adds the D x D fp32 G.
+  Gram,
+};
+
 /// Eigensolver of the small Rayleigh-Ritz problem of the randomized method.
 enum class RitzSolver {
   Syevd,       ///< cusolverDnXsyevd, fp64
@@ -58,6 +70,7 @@ struct GpuCompressorOptions {
   int power_iterations = 3;       ///< q in [0, 13]: X^T X is applied q + 1 times (q power iterations)
   std::uint64_t seed = 0x786b76;  ///< same seed => bit-identical output
   RitzSolver ritz_solver = RitzSolver::Syevd;
+  SubspaceProduct subspace_product = SubspaceProduct::Auto;
   /// Largest token (or column) chunk staged at once, as a fraction of the group's input bytes.
   double staging_fraction = 0.125;
 
@@ -84,6 +97,7 @@ struct SvdArguments {
 struct SvdRun {
   int rank = 0;
   GpuSvdMethod method = GpuSvdMethod::Exact;
+  bool gram_product = false;  ///< Subspace ran from the D x D Gram matrix (SubspaceProduct::Gram)
 };
 
 /// Outputs of one group's keys or values for compress_group.
@@ -101,7 +115,10 @@ struct CompressorState;  // handles, host workspace, pinned status words
 }
 
 /// Truncated SVD of layer groups on one device. T is the storage type of inputs and factors:
-/// __nv_bfloat16, __half or float. Not thread-safe: one run at a time per object.
+/// __nv_bfloat16, __half or float. Not thread-safe: one run at a time per object. To compress
+/// several groups at once (a whole model after prefill), give each stream its own Compressor and
+/// workspace: the small-side steps of one group (CholeskyQR, latency-bound) then overlap the
+/// GEMMs of the others (bench/bench_cuda_svd.cpp, WholeModel).
 template <class T>
 class Compressor {
  public:
@@ -118,6 +135,8 @@ class Compressor {
   [[nodiscard]] std::size_t workspace_bytes(const SvdArguments<T>& args) const;
   /// The method run() will use for these arguments.
   [[nodiscard]] GpuSvdMethod method_for(const SvdArguments<T>& args) const;
+  /// Whether run() will apply X^T X through the D x D Gram matrix (SubspaceProduct).
+  [[nodiscard]] bool gram_product_for(const SvdArguments<T>& args) const;
 
   /// Enqueues the factorisation on `stream`. Asynchronous, except for energy ranks (rank == 0),
   /// where the spectrum is read back to choose r. `workspace` must hold workspace_bytes(args).

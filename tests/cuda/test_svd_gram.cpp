@@ -1,0 +1,200 @@
+// Subspace method from the D x D Gram matrix (SubspaceProduct::Gram): err/opt and properties
+// against fp64 references, agreement with the sketch product, block-rows and fp64 chunks at
+// awkward sizes, determinism, bad input, and the automatic choice with its workspace bound.
+// Every test skips without a CUDA device.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <limits>
+
+#include "test_svd_util.hpp"
+
+namespace xkv::test {
+namespace {
+
+using cuda::GpuCompressorOptions;
+using cuda::GpuSvdMethod;
+using cuda::SubspaceProduct;
+
+GpuCompressorOptions subspace(SubspaceProduct product, int power_iterations = 4) {
+  GpuCompressorOptions o;
+  o.method = GpuSvdMethod::Subspace;
+  o.subspace_product = product;
+  o.power_iterations = power_iterations;
+  o.seed = test_seed();
+  return o;
+}
+
+struct GramRun {
+  HostFactors h;
+  bool gram = false;
+};
+
+template <class T>
+GramRun run_subspace(const DeviceGroup<T>& g, int rank, const GpuCompressorOptions& opt) {
+  cuda::Compressor<T> svd(opt);
+  DeviceFactors<T> f(g.n, g.d(), rank);
+  cuda::SvdArguments<T> args;
+  args.layers = g.views;
+  args.rank = rank;
+  args.a = f.a.get();
+  args.b = f.b.get();
+  args.energies = f.energies.get();
+  cuda::Stream stream;
+  const auto result = svd.compress_stream(args, stream.get());
+  EXPECT_EQ(result.gram_product, svd.gram_product_for(args));
+  return {fetch(f, g.n, g.layers, g.width(), result.rank), result.gram_product};
+}
+
+template <class T>
+double property_tolerance() {
+  return std::is_same_v<T, float> ? 1e-4 : 2e-2;
+}
+
+template <class T>
+class GpuSvdGram : public ::testing::Test {};
+using StorageTypes = ::testing::Types<__nv_bfloat16, __half, float>;
+TYPED_TEST_SUITE(GpuSvdGram, StorageTypes);
+
+TYPED_TEST(GpuSvdGram, NearOptimumAndAgreesWithSketches) {
+  XKV_SKIP_WITHOUT_GPU();
+  using T = TypeParam;
+  for (const Layout layout : {Layout::TokenMajorPadded, Layout::HeadMajor, Layout::Interleaved}) {
+    SCOPED_TRACE(::testing::Message() << "layout " << int(layout));
+    const auto x = spectrum_matrix(1000, 256, 0.7, test_seed() + 21);
+    const auto g = upload<T>(x, 4, 2, 32, layout);
+    const int r = 40;
+    const auto gram = run_subspace(g, r, subspace(SubspaceProduct::Gram));
+    const auto sketch = run_subspace(g, r, subspace(SubspaceProduct::Sketch));
+    EXPECT_TRUE(gram.gram);
+    EXPECT_FALSE(sketch.gram);
+    ASSERT_TRUE(gram.h.a.allFinite() && gram.h.b.allFinite());
+    const auto s = reference_singular_values(g.stored);
+    const double ratio = err_over_opt(g.stored, gram.h.a, gram.h.b, s, r);
+    const double sketch_ratio = err_over_opt(g.stored, sketch.h.a, sketch.h.b, s, r);
+    std::printf("[svd gram] layout %d: err/opt gram %.6f, sketches %.6f\n", int(layout), ratio, sketch_ratio);
+    EXPECT_LE(ratio, 1.01);
+    EXPECT_GE(ratio, 1.0 - 1e-6);
+    // The same iteration from the same start: only rounding differs.
+    EXPECT_NEAR(ratio, sketch_ratio, 2e-3);
+    const double tol = property_tolerance<T>();
+    EXPECT_LE((gram.h.b * gram.h.b.transpose() - Eigen::MatrixXd::Identity(r, r)).norm(), tol * std::sqrt(double(r)));
+    EXPECT_LE((gram.h.a - g.stored * gram.h.b.transpose()).norm(), std::max(tol, 1e-3) * gram.h.a.norm());
+    EXPECT_NEAR(gram.h.total_energy, g.stored.squaredNorm(), 1e-5 * g.stored.squaredNorm());
+    EXPECT_NEAR(gram.h.kept_energy, gram.h.a.squaredNorm(), 1e-2 * gram.h.kept_energy);
+  }
+}
+
+// D = 1100 (two block-rows of 576 and 524 columns), fp64 CholeskyQR in chunks of 256 rows with a
+// short last one, several staged token chunks with a short last one, r not a multiple of a tile.
+TYPED_TEST(GpuSvdGram, BlockRowsAndChunksAtAwkwardSizes) {
+  XKV_SKIP_WITHOUT_GPU();
+  using T = TypeParam;
+  const auto x = spectrum_matrix(3001, 1100, 0.8, test_seed() + 22);
+  for (const Layout layout : {Layout::TokenMajorPadded, Layout::Interleaved}) {
+    SCOPED_TRACE(::testing::Message() << "layout " << int(layout));
+    const auto g = upload<T>(x, 5, 2, 110, layout);
+    auto opt = subspace(SubspaceProduct::Gram);
+    opt.staging_fraction = 0.05;
+    const int r = 33;
+    const auto run = run_subspace(g, r, opt);
+    EXPECT_TRUE(run.gram);
+    ASSERT_TRUE(run.h.a.allFinite() && run.h.b.allFinite());
+    const auto s = reference_singular_values(g.stored);
+    EXPECT_LE(err_over_opt(g.stored, run.h.a, run.h.b, s, r), 1.01);
+    const double tol = property_tolerance<T>();
+    EXPECT_LE((run.h.b * run.h.b.transpose() - Eigen::MatrixXd::Identity(r, r)).norm(), tol * std::sqrt(double(r)));
+    EXPECT_NEAR(run.h.total_energy, g.stored.squaredNorm(), 1e-5 * g.stored.squaredNorm());
+  }
+}
+
+TYPED_TEST(GpuSvdGram, TinyFullRankAndRankDeficient) {
+  XKV_SKIP_WITHOUT_GPU();
+  using T = TypeParam;
+  struct Case {
+    std::int64_t n;
+    int layers, heads, head_dim, rank;
+  };
+  for (const Case c : {Case{1, 1, 3, 8, 1}, Case{77, 3, 1, 6, 18}, Case{33, 5, 1, 16, 33}, Case{129, 2, 3, 10, 13}}) {
+    SCOPED_TRACE(::testing::Message() << "n=" << c.n << " r=" << c.rank);
+    const auto x = spectrum_matrix(c.n, std::int64_t(c.layers) * c.heads * c.head_dim, 0.5, test_seed() + 23 + c.n);
+    const auto g = upload<T>(x, c.layers, c.heads, c.head_dim, Layout::TokenMajorPadded, /*pad=*/3);
+    const auto run = run_subspace(g, c.rank, subspace(SubspaceProduct::Gram));
+    ASSERT_TRUE(run.h.a.allFinite() && run.h.b.allFinite());
+    EXPECT_LE(err_over_opt(g.stored, run.h.a, run.h.b, reference_singular_values(g.stored), c.rank), 1.03);
+  }
+  const auto low = upload<T>(spectrum_matrix(300, 96, 0.3, test_seed() + 24, 0.0, /*exact_rank=*/5), 1, 3, 32,
+                             Layout::HeadMajor);
+  const auto run = run_subspace(low, 12, subspace(SubspaceProduct::Gram));
+  ASSERT_TRUE(run.h.a.allFinite() && run.h.b.allFinite());
+  EXPECT_LE((low.stored - run.h.a * run.h.b).norm(), 2e-2 * low.stored.norm());
+  const auto zero = upload<T>(Eigen::MatrixXd::Zero(64, 96), 1, 3, 32, Layout::TokenMajorPadded);
+  const auto z = run_subspace(zero, 4, subspace(SubspaceProduct::Gram));
+  ASSERT_TRUE(z.h.a.allFinite() && z.h.b.allFinite());
+  EXPECT_EQ((z.h.a * z.h.b).norm(), 0.0);
+}
+
+TYPED_TEST(GpuSvdGram, SameSeedIsBitIdentical) {
+  XKV_SKIP_WITHOUT_GPU();
+  using T = TypeParam;
+  const auto g = upload<T>(spectrum_matrix(700, 192, 0.7, test_seed() + 25), 3, 2, 32, Layout::HeadMajor);
+  const auto first = run_subspace(g, 24, subspace(SubspaceProduct::Gram));
+  const auto second = run_subspace(g, 24, subspace(SubspaceProduct::Gram));
+  EXPECT_EQ(first.h.raw, second.h.raw);
+}
+
+TEST(GpuSvdGramInput, NonFiniteInputIsReported) {
+  XKV_SKIP_WITHOUT_GPU();
+  auto x = spectrum_matrix(64, 64, 0.5, test_seed() + 26);
+  x(10, 7) = std::numeric_limits<double>::infinity();
+  const auto g = upload<float>(x, 1, 2, 32, Layout::TokenMajorPadded);
+  try {
+    (void)run_subspace(g, 8, subspace(SubspaceProduct::Gram));
+    ADD_FAILURE() << "no error for Inf input";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::InvalidArgument);
+    EXPECT_NE(std::string(e.what()).find("NaN"), std::string::npos) << e.what();
+  }
+  GpuCompressorOptions bad;
+  bad.subspace_product = static_cast<SubspaceProduct>(7);
+  EXPECT_THROW(cuda::Compressor<float>{bad}, Error);
+}
+
+// The automatic choice on Llama-3.1-8B-sized groups (4 layers x 8 heads x 128, r = 512 for keys
+// and 768 for values): Gram from n = 32768 on, within half of the input either way.
+TEST(GpuSvdGramMemory, AutomaticChoiceAndWorkspace) {
+  XKV_SKIP_WITHOUT_GPU();
+  // Planning only: the (never dereferenced) pointers just have to be non-null.
+  const auto* fake = reinterpret_cast<const __nv_bfloat16*>(std::uintptr_t(1) << 20);
+  for (const std::int64_t n : {4096, 32768, 131072}) {
+    for (const bool in_place : {false, true}) {
+      std::vector<KVView<__nv_bfloat16>> layers;
+      for (int l = 0; l < 4; ++l)
+        layers.push_back(in_place ? KVView<__nv_bfloat16>{fake + l * 1024, n, 8, 128, 4096, 128}
+                                  : KVView<__nv_bfloat16>::head_major(fake, 8, n, 128));
+      for (const int rank : {512, 768}) {
+        cuda::SvdArguments<__nv_bfloat16> args;
+        args.layers = layers;
+        args.rank = rank;
+        args.a = reinterpret_cast<__nv_bfloat16*>(std::uintptr_t(1) << 20);
+        args.b = args.a;
+        cuda::Compressor<__nv_bfloat16> svd(subspace(SubspaceProduct::Auto, 3));
+        const bool gram = svd.gram_product_for(args);
+        const double input = double(n) * 4096 * 2;
+        const double ws = double(svd.workspace_bytes(args));
+        std::printf("[svd gram] n=%lld r=%d %s: %s, workspace %.1f MiB = %.1f%% of the input\n",
+                    static_cast<long long>(n), rank, in_place ? "in place" : "staged", gram ? "Gram" : "sketches",
+                    ws / (1 << 20), 100.0 * ws / input);
+        EXPECT_EQ(gram, n >= 32768) << "n=" << n << " r=" << rank;
+        if (n >= 32768) {
+          EXPECT_LE(ws, 0.5 * input) << "n=" << n << " r=" << rank;
+        }
+      }
+    }
+  }
+}
+
+}  // namespace
+}  // namespace xkv::test
