@@ -143,8 +143,9 @@ void bm_svd(benchmark::State& state, std::int64_t n, int d, GpuSvdMethod method,
 /// G = 4, 8 KV heads x 128, so D = 4096): 8 key groups at r = 512 and 8 value groups at r = 768
 /// (the paper's 6.4x, K:V rank 1:1.5), 16 distinct matrices read in place, subspace q = 3.
 /// Factorisation f runs on stream f % streams with its own Compressor and workspace; one
-/// iteration is the wall time from the first launch until every stream is done.
-void bm_whole_model(benchmark::State& state, int streams) {
+/// iteration is the wall time from the first launch until every stream is done. cholesky_ctas
+/// caps the CTAs of the Cholesky kernel (GpuCompressorOptions::cholesky_ctas; 0: no cap).
+void bm_whole_model(benchmark::State& state, int streams, int cholesky_ctas) {
   if (!xkv::cuda::device_available()) {
     state.SkipWithError("no CUDA device");
     return;
@@ -175,7 +176,9 @@ void bm_whole_model(benchmark::State& state, int streams) {
     for (int l = 0; l < 4; ++l) job.layers.push_back({inputs[f].get() + l * 1024, n, 8, 128, d, 128});
     job.a = xkv::cuda::DeviceBuffer<bf16>(std::size_t(n) * rank);
     job.b = xkv::cuda::DeviceBuffer<bf16>(std::size_t(d) * rank);
-    job.svd = std::make_unique<xkv::cuda::Compressor<bf16>>();
+    xkv::cuda::GpuCompressorOptions opt;
+    opt.cholesky_ctas = cholesky_ctas;
+    job.svd = std::make_unique<xkv::cuda::Compressor<bf16>>(opt);
     job.args.layers = job.layers;
     job.args.rank = rank;
     job.args.a = job.a.get();
@@ -243,9 +246,13 @@ int main(int argc, char** argv) {
     }
   }
   for (const int streams : {1, 4, 8})
-    benchmark::RegisterBenchmark(("gpu_svd_whole_model_32k/streams=" + std::to_string(streams)).c_str(), bm_whole_model,
-                                 streams)
-        ->UseManualTime()->Unit(benchmark::kMillisecond)->Iterations(3)->Repetitions(3)->ReportAggregatesOnly(true);
+    for (const int ctas : {0, 16, 32}) {
+      if (streams == 1 && ctas > 0) continue;
+      benchmark::RegisterBenchmark(("gpu_svd_whole_model_32k/streams=" + std::to_string(streams) +
+                                    "/cholesky_ctas=" + std::to_string(ctas)).c_str(),
+                                   bm_whole_model, streams, ctas)
+          ->UseManualTime()->Unit(benchmark::kMillisecond)->Iterations(3)->Repetitions(3)->ReportAggregatesOnly(true);
+    }
   benchmark::Initialize(&argc, argv);
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();

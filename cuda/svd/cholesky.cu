@@ -43,7 +43,8 @@ void cholesky_inverse(const double* gram, int k, const CholeskyWorkspace& ws, in
   XKV_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, cholesky_inverse_kernel, kCholThreads, 0));
   XKV_CHECK(per_sm >= 1, Device, "cholesky_inverse: the kernel cannot be resident on this device");
   const int widest = std::max(p.tiles * (p.tiles - 1) / 2, p.tiles);
-  const int grid = std::clamp(widest, 1, sms * per_sm);
+  int grid = std::clamp(widest, 1, sms * per_sm);
+  if (ws.max_ctas > 0) grid = std::min(grid, ws.max_ctas);
   void* args[] = {&p};
   XKV_CUDA_CHECK(cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(&cholesky_inverse_kernel), dim3(grid),
                                              dim3(kCholThreads), args, 0, stream));

@@ -14,6 +14,7 @@ struct CholeskyWorkspace {
   double* w = nullptr;        ///< padded x padded, column-major: L^{-1}
   double* work = nullptr;     ///< padded x padded
   int padded = 0;             ///< k rounded up to the 32-wide tiles: the leading dimension of l and w
+  int max_ctas = 0;           ///< 0: as many CTAs as the widest step can use (GpuCompressorOptions::cholesky_ctas)
 
   /// Doubles `base` must hold for side k.
   static std::size_t doubles(int k);

@@ -111,7 +111,7 @@ void run_randomized(CompressorState& st, const Plan& plan, const SvdArguments<T>
   auto* energies = ws.get<double>(plan.off_energies);
   auto* info = ws.get<int>(plan.off_info);
   void* solver_ws = ws.get<char>(plan.off_solver);
-  const CholeskyWorkspace chol = CholeskyWorkspace::carve(ws.get<double>(plan.off_chol), k);
+  const CholeskyWorkspace chol = carve_cholesky(st, ws.get<double>(plan.off_chol), k);
 
   gaussian_kernel<T><<<grid_for(d * k), kThreads, 0, stream>>>(v, d * k, st.seed);
   check_launch();
@@ -175,7 +175,7 @@ void run_subspace(CompressorState& st, const Plan& plan, const SvdArguments<T>& 
   auto* partials = ws.get<double>(plan.off_partials);
   auto* energies = ws.get<double>(plan.off_energies);
   auto* info = ws.get<int>(plan.off_info);
-  const CholeskyWorkspace chol = CholeskyWorkspace::carve(ws.get<double>(plan.off_chol), r);
+  const CholeskyWorkspace chol = carve_cholesky(st, ws.get<double>(plan.off_chol), r);
 
   gaussian_kernel<T><<<grid_for(d * r), kThreads, 0, stream>>>(v, d * r, st.seed);
   check_launch();

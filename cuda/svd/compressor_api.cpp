@@ -17,6 +17,7 @@ void GpuCompressorOptions::validate() const {
   XKV_REQUIRE(subspace_product == SubspaceProduct::Auto || subspace_product == SubspaceProduct::Sketch ||
                   subspace_product == SubspaceProduct::Gram,
               "GpuCompressorOptions.subspace_product is not a SubspaceProduct value: " << int(subspace_product));
+  XKV_REQUIRE(cholesky_ctas >= 0, "GpuCompressorOptions.cholesky_ctas must be >= 0, got " << cholesky_ctas);
   XKV_REQUIRE(staging_fraction > 0 && staging_fraction <= 1,
               "GpuCompressorOptions.staging_fraction must be in (0, 1], got " << staging_fraction);
 }
@@ -256,6 +257,7 @@ Compressor<T>::Compressor(GpuCompressorOptions options) : options_(options) {
   state_ = std::make_unique<detail::CompressorState>();
   state_->seed = options_.seed;
   state_->ritz_solver = options_.ritz_solver;
+  state_->cholesky_ctas = options_.cholesky_ctas;
 }
 
 template <class T>

@@ -67,7 +67,7 @@ void run_gram_subspace(CompressorState& st, const Plan& plan, const SvdArguments
   auto* partials = ws.get<double>(plan.off_partials);
   auto* energies = ws.get<double>(plan.off_energies);
   auto* info = ws.get<int>(plan.off_info);
-  const CholeskyWorkspace chol = CholeskyWorkspace::carve(ws.get<double>(plan.off_chol), r);
+  const CholeskyWorkspace chol = carve_cholesky(st, ws.get<double>(plan.off_chol), r);
 
   gram_of_x(st, plan, tab, stage, gram, args.energies ? partials : nullptr, stream);
   // The same Gaussian start as the sketches (drawn in T, then widened), so both products begin

@@ -36,6 +36,7 @@ struct CompressorState {
   int* pinned_info = nullptr;  ///< kInfoSlots status words of the last run, copied back asynchronously
   std::uint64_t seed = 0;
   RitzSolver ritz_solver = RitzSolver::Syevd;
+  int cholesky_ctas = 0;
 
   CompressorState();
   ~CompressorState();

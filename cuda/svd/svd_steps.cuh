@@ -85,6 +85,12 @@ inline void dgemm(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, 
 inline constexpr double kCholeskyShift = 1e-12;
 inline constexpr double kCholeskyFloor = 1e-200;
 
+inline CholeskyWorkspace carve_cholesky(const CompressorState& st, double* base, int k) {
+  CholeskyWorkspace chol = CholeskyWorkspace::carve(base, k);
+  chol.max_ctas = st.cholesky_ctas;
+  return chol;
+}
+
 /// g (k x k, upper triangle) <- chol + inverse in `chol`, after the relative diagonal shift.
 inline void factor_shifted(double* g, int k, const CholeskyWorkspace& chol, int* info, cudaStream_t stream) {
   shift_diagonal_kernel<<<1, 1024, 0, stream>>>(g, k, kCholeskyShift, kCholeskyFloor);

@@ -23,7 +23,7 @@ struct Factored {
 
 /// Uploads g as k x k column-major with its strict lower triangle poisoned (NaN), factors it on a
 /// NaN-poisoned workspace, and downloads the leading k x k parts of L and L^{-1}.
-Factored factor_on_device(const Eigen::MatrixXd& g) {
+Factored factor_on_device(const Eigen::MatrixXd& g, int max_ctas = 0) {
   const int k = int(g.rows());
   Eigen::MatrixXd upper_only = g;
   for (int j = 0; j < k; ++j)
@@ -36,7 +36,8 @@ Factored factor_on_device(const Eigen::MatrixXd& g) {
   XKV_CUDA_CHECK(cudaMemcpyAsync(gram.get(), upper_only.data(), gram.bytes(), cudaMemcpyHostToDevice, stream.get()));
   XKV_CUDA_CHECK(cudaMemsetAsync(work.get(), 0xff, work.bytes(), stream.get()));  // all-ones bytes: NaN doubles
   XKV_CUDA_CHECK(cudaMemsetAsync(info.get(), 0, sizeof(int), stream.get()));
-  const auto ws = cuda::detail::CholeskyWorkspace::carve(work.get(), k);
+  auto ws = cuda::detail::CholeskyWorkspace::carve(work.get(), k);
+  ws.max_ctas = max_ctas;
   cuda::detail::cholesky_inverse(gram.get(), k, ws, info.get(), stream.get());
   XKV_CUDA_CHECK(cudaStreamSynchronize(stream.get()));
   const int ld = ws.padded;
@@ -83,6 +84,24 @@ TEST(GpuCholesky, FactorAndInverseAtAwkwardSizes) {
     // Against the fp64 CPU factor (unique for SPD with a positive diagonal).
     const Eigen::MatrixXd ref = g.llt().matrixL();
     EXPECT_LE((f.l - ref).norm(), 1e-12 * k * std::sqrt(condition) * ref.norm());
+  }
+}
+
+// A capped grid (GpuCompressorOptions::cholesky_ctas) walks the same tiles in the same order,
+// fewer at a time: bit-identical factors.
+TEST(GpuCholesky, CappedGridGivesTheSameFactors) {
+  XKV_SKIP_WITHOUT_GPU();
+  for (const int k : {33, 257, 576}) {
+    SCOPED_TRACE(::testing::Message() << "k=" << k << " seed=" << test_seed());
+    const Eigen::MatrixXd g = spd_matrix(k, 1e6, test_seed() + 3 + std::uint64_t(k));
+    const Factored full = factor_on_device(g);
+    ASSERT_EQ(full.info, 0);
+    for (const int ctas : {1, 3, 16}) {
+      const Factored capped = factor_on_device(g, ctas);
+      ASSERT_EQ(capped.info, 0) << "ctas=" << ctas;
+      EXPECT_EQ((capped.l - full.l).norm(), 0.0) << "ctas=" << ctas;
+      EXPECT_EQ((capped.w - full.w).norm(), 0.0) << "ctas=" << ctas;
+    }
   }
 }
 

@@ -143,6 +143,10 @@ TYPED_TEST(GpuSvdGram, SameSeedIsBitIdentical) {
   const auto first = run_subspace(g, 24, subspace(SubspaceProduct::Gram));
   const auto second = run_subspace(g, 24, subspace(SubspaceProduct::Gram));
   EXPECT_EQ(first.h.raw, second.h.raw);
+  // Capping the Cholesky kernel's CTAs (for groups compressed side by side) changes no bit.
+  auto capped = subspace(SubspaceProduct::Gram);
+  capped.cholesky_ctas = 2;
+  EXPECT_EQ(run_subspace(g, 24, capped).h.raw, first.h.raw);
 }
 
 TEST(GpuSvdGramInput, NonFiniteInputIsReported) {
@@ -160,6 +164,9 @@ TEST(GpuSvdGramInput, NonFiniteInputIsReported) {
   GpuCompressorOptions bad;
   bad.subspace_product = static_cast<SubspaceProduct>(7);
   EXPECT_THROW(cuda::Compressor<float>{bad}, Error);
+  GpuCompressorOptions negative;
+  negative.cholesky_ctas = -1;
+  EXPECT_THROW(cuda::Compressor<float>{negative}, Error);
 }
 
 // The automatic choice on Llama-3.1-8B-sized groups (4 layers x 8 heads x 128, r = 512 for keys

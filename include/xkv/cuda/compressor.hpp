@@ -71,6 +71,11 @@ struct GpuCompressorOptions {
   std::uint64_t seed = 0x786b76;  ///< same seed => bit-identical output
   RitzSolver ritz_solver = RitzSolver::Syevd;
   SubspaceProduct subspace_product = SubspaceProduct::Auto;
+  /// CTAs of the one-launch Cholesky factorisation (a latency-bound cooperative kernel whose CTAs
+  /// wait at grid barriers): 0 uses as many as its widest step can (fastest for one group alone);
+  /// a small cap such as 16 leaves the other SMs to the GEMMs of groups compressed at the same
+  /// time on other streams.
+  int cholesky_ctas = 0;
   /// Largest token (or column) chunk staged at once, as a fraction of the group's input bytes.
   double staging_fraction = 0.125;
 
