@@ -245,9 +245,8 @@ int main(int argc, char** argv) {
             ->UseManualTime()->Unit(benchmark::kMillisecond)->Iterations(2)->Repetitions(3)->ReportAggregatesOnly(true);
     }
   }
-  for (const int streams : {1, 4, 8})
-    for (const int ctas : {0, 16, 32}) {
-      if (streams == 1 && ctas > 0) continue;
+  for (const int streams : {1, 4, 8, 16})
+    for (const int ctas : {0, 1, 4, 8, 16, 32}) {
       benchmark::RegisterBenchmark(("gpu_svd_whole_model_32k/streams=" + std::to_string(streams) +
                                     "/cholesky_ctas=" + std::to_string(ctas)).c_str(),
                                    bm_whole_model, streams, ctas)

@@ -103,7 +103,7 @@ std::int64_t round_down(std::int64_t v, std::int64_t multiple) { return std::max
 bool choose_gram(Plan& p, const GpuCompressorOptions& opt, std::size_t st_bytes) {
   if (opt.subspace_product == SubspaceProduct::Sketch) return false;
   const double n = double(p.n), d = double(p.d), r = double(p.rank), elem = double(st_bytes);
-  p.gram_blocks = int(std::clamp<std::int64_t>(p.d / 512, 1, 4));
+  p.gram_blocks = int(std::clamp<std::int64_t>(p.d / 512, 1, 8));
   const double gram_flops = n * d * d * (p.gram_blocks + 1) / p.gram_blocks;  // upper block-rows of X^T X
   const double sketch_flops = 4.0 * (p.power_iterations + 1) * n * d * r;
   const double input = n * d * elem;

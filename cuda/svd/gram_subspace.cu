@@ -9,7 +9,8 @@
 //   B = V^T, A = X V                     the second and last read of X
 //
 // For n >> D this moves most of the work into one GEMM of n D^2 (b + 1) / b FLOPs against
-// 4 (q + 1) n D r for the sketches: at D = 4096, r = 512, q = 3 that is 5120 n D against 8192 n D.
+// 4 (q + 1) n D r for the sketches: at D = 4096 (b = 8), r = 512, q = 3 that is 4608 n D against
+// 8192 n D.
 // Accuracy matches the sketches: G V in fp32/TF32 keeps more bits than the 16-bit Y = X V the
 // sketches round to, and G itself is exact products of the 16-bit X with fp32 accumulation.
 #include "svd_steps.cuh"
