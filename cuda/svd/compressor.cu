@@ -163,7 +163,7 @@ template <class T>
 void run_subspace(CompressorState& st, const Plan& plan, const SvdArguments<T>& args, const Workspace& ws,
                   cudaStream_t stream) {
   const auto tab = make_table(args.layers);
-  const std::int64_t n = plan.n, d = plan.d;
+  const std::int64_t d = plan.d;
   const int r = plan.rank;
   auto* stage = ws.get<T>(plan.off_stage);
   auto* yc = ws.get<T>(plan.off_yc);
@@ -189,17 +189,7 @@ void run_subspace(CompressorState& st, const Plan& plan, const SvdArguments<T>& 
     convert(vd, v, d * r, stream);
   }
   // V (d x r, column-major) is both B^T and the right factor of A = X V.
-  write_b_blocks_kernel<T, T><<<grid_for(d * r), kThreads, 0, stream>>>(v, d, r, plan.width, args.b);
-  check_launch();
-  project_rows(st, plan, tab, v, r, stage, args.a, stream);
-  if (args.energies) {  // {||X||^2, ||A||^2 = ||X V||^2}: what the projection onto V keeps
-    reduce_input_energy(plan, partials, energies, stream);
-    sum_squares_kernel<T><<<kSumBlocks, 256, 0, stream>>>(args.a, n * r, partials);
-    check_launch();
-    reduce_partials_kernel<<<1, 256, 0, stream>>>(partials, kSumBlocks, energies + 1);
-    check_launch();
-    XKV_CUDA_CHECK(cudaMemcpyAsync(args.energies, energies, 2 * sizeof(double), cudaMemcpyDeviceToDevice, stream));
-  }
+  finish_subspace(st, plan, tab, args, v, stage, partials, energies, stream);
 }
 
 template <class T>

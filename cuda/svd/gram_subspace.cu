@@ -55,7 +55,7 @@ template <class T>
 void run_gram_subspace(CompressorState& st, const Plan& plan, const SvdArguments<T>& args, const Workspace& ws,
                        cudaStream_t stream) {
   const auto tab = make_table(args.layers);
-  const std::int64_t n = plan.n, d = plan.d;
+  const std::int64_t d = plan.d;
   const int r = plan.rank;
   auto* stage = ws.get<T>(plan.off_stage);
   auto* gram = ws.get<float>(plan.off_gram);
@@ -86,17 +86,7 @@ void run_gram_subspace(CompressorState& st, const Plan& plan, const SvdArguments
     else  // the last basis goes straight to T: it is B^T and the right factor of A = X V
       cholesky_qr_chunked(st, z, v, d, r, plan.fp64_rows, zd, vd, g, chol, info + slot++, stream, nonfinite);
   }
-  write_b_blocks_kernel<T, T><<<grid_for(d * r), kThreads, 0, stream>>>(v, d, r, plan.width, args.b);
-  check_launch();
-  project_rows(st, plan, tab, v, r, stage, args.a, stream);
-  if (args.energies) {  // {||X||^2, ||A||^2 = ||X V||^2}
-    reduce_input_energy(plan, partials, energies, stream);
-    sum_squares_kernel<T><<<kSumBlocks, 256, 0, stream>>>(args.a, n * r, partials);
-    check_launch();
-    reduce_partials_kernel<<<1, 256, 0, stream>>>(partials, kSumBlocks, energies + 1);
-    check_launch();
-    XKV_CUDA_CHECK(cudaMemcpyAsync(args.energies, energies, 2 * sizeof(double), cudaMemcpyDeviceToDevice, stream));
-  }
+  finish_subspace(st, plan, tab, args, v, stage, partials, energies, stream);
 }
 
 #define XKV_INSTANTIATE_GRAM(T)                                                                              \

@@ -191,4 +191,25 @@ inline void reduce_input_energy(const Plan& plan, const double* partials, double
   check_launch();
 }
 
+/// The subspace methods' outputs from their last basis V (d x r in T, column-major, orthonormal):
+/// B = V^T, A = X V and, with args.energies, {||X||^2 (summed from the partial sums the first read
+/// of X left in `partials`), ||A||^2 = ||X V||^2 (what the projection onto V keeps)}.
+template <class T>
+void finish_subspace(CompressorState& st, const Plan& plan, const LayerTable<T>& tab, const SvdArguments<T>& args,
+                     const T* v, T* stage, double* partials, double* energies, cudaStream_t stream) {
+  const std::int64_t d = plan.d;
+  const int r = plan.rank;
+  write_b_blocks_kernel<T, T><<<grid_for(d * r), kThreads, 0, stream>>>(v, d, r, plan.width, args.b);
+  check_launch();
+  project_rows(st, plan, tab, v, r, stage, args.a, stream);
+  if (args.energies) {
+    reduce_input_energy(plan, partials, energies, stream);
+    sum_squares_kernel<T><<<kSumBlocks, 256, 0, stream>>>(args.a, plan.n * r, partials);
+    check_launch();
+    reduce_partials_kernel<<<1, 256, 0, stream>>>(partials, kSumBlocks, energies + 1);
+    check_launch();
+    XKV_CUDA_CHECK(cudaMemcpyAsync(args.energies, energies, 2 * sizeof(double), cudaMemcpyDeviceToDevice, stream));
+  }
+}
+
 }  // namespace xkv::cuda::detail
