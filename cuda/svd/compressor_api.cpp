@@ -302,6 +302,9 @@ void Compressor<T>::validate(const SvdArguments<T>& args) const {
   if (method_for(args) == GpuSvdMethod::Exact)
     XKV_REQUIRE(double(m) * double(m) * 4.0 < 0.9 * double(SIZE_MAX),
                 "SvdArguments: the exact method's " << m << "x" << m << " Gram matrix does not fit in memory");
+  if (method_for(args) == GpuSvdMethod::Subspace && options_.subspace_product == SubspaceProduct::Gram)
+    XKV_REQUIRE(double(d) * double(d) * 4.0 < 0.9 * double(SIZE_MAX),
+                "SvdArguments: the Gram product's " << d << "x" << d << " matrix does not fit in memory");
 }
 
 template <class T>

@@ -167,6 +167,20 @@ TEST(GpuSvdGramInput, NonFiniteInputIsReported) {
   GpuCompressorOptions negative;
   negative.cholesky_ctas = -1;
   EXPECT_THROW(cuda::Compressor<float>{negative}, Error);
+  // A D x D Gram matrix whose byte count overflows is refused before any planning.
+  auto* fake = reinterpret_cast<float*>(std::uintptr_t(1) << 20);
+  const std::vector<KVView<float>> huge{KVView<float>::token_major(fake, 1, 16384, 128000)};
+  cuda::SvdArguments<float> args;
+  args.layers = huge;
+  args.rank = 1;
+  args.a = fake;
+  args.b = fake;
+  try {
+    cuda::Compressor<float>(subspace(SubspaceProduct::Gram)).validate(args);
+    ADD_FAILURE() << "no error for a Gram matrix of D = " << 16384LL * 128000;
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("Gram product"), std::string::npos) << e.what();
+  }
 }
 
 // The automatic choice on Llama-3.1-8B-sized groups (4 layers x 8 heads x 128, r = 512 for keys
