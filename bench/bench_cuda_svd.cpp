@@ -17,6 +17,7 @@
 
 #include "svd_bench_data.hpp"
 #include "xkv/cuda/compressor.hpp"
+#include "xkv/cuda/concurrent_compressor.hpp"
 #include "xkv/cuda/device.hpp"
 
 namespace {
@@ -139,6 +140,20 @@ void bm_svd(benchmark::State& state, std::int64_t n, int d, GpuSvdMethod method,
   state.counters["workspace_over_input"] = double(ws.bytes()) / (double(n) * d * sizeof(bf16));
 }
 
+constexpr std::int64_t kModelTokens = 32768;
+constexpr int kModelWidth = 4096, kModelFactorisations = 16;
+
+/// The 16 distinct [32768 x 4096] bf16 matrices of the whole-model benchmarks, made once.
+const std::vector<xkv::cuda::DeviceBuffer<bf16>>& whole_model_inputs() {
+  static std::vector<xkv::cuda::DeviceBuffer<bf16>> inputs;
+  if (inputs.empty())
+    for (int f = 0; f < kModelFactorisations; ++f) {
+      inputs.emplace_back(std::size_t(kModelTokens) * kModelWidth);
+      xkv::bench::fill_test_matrix(inputs.back().get(), kModelTokens, kModelWidth, 0.6, 0xA11 + f);
+    }
+  return inputs;
+}
+
 /// A whole model's compression after a 32k-token prefill of Llama-3.1-8B (32 layers in groups of
 /// G = 4, 8 KV heads x 128, so D = 4096): 8 key groups at r = 512 and 8 value groups at r = 768
 /// (the paper's 6.4x, K:V rank 1:1.5), 16 distinct matrices read in place, subspace q = 3.
@@ -150,14 +165,9 @@ void bm_whole_model(benchmark::State& state, int streams, int cholesky_ctas) {
     state.SkipWithError("no CUDA device");
     return;
   }
-  constexpr std::int64_t n = 32768;
-  constexpr int d = 4096, groups = 8, factorisations = 2 * groups;
-  static std::vector<xkv::cuda::DeviceBuffer<bf16>> inputs;
-  if (inputs.empty())
-    for (int f = 0; f < factorisations; ++f) {
-      inputs.emplace_back(std::size_t(n) * d);
-      xkv::bench::fill_test_matrix(inputs.back().get(), n, d, 0.6, 0xA11 + f);
-    }
+  constexpr std::int64_t n = kModelTokens;
+  constexpr int d = kModelWidth, factorisations = kModelFactorisations;
+  const auto& inputs = whole_model_inputs();
   struct Job {
     std::vector<xkv::KVView<bf16>> layers;
     xkv::cuda::DeviceBuffer<bf16> a, b;
@@ -219,6 +229,42 @@ void bm_whole_model(benchmark::State& state, int streams, int cholesky_ctas) {
   state.counters["workspace_GiB"] = workspace_bytes / double(1 << 30);
 }
 
+/// The same 16 factorisations through xkv::cuda::ConcurrentCompressor (its defaults: 8 lanes,
+/// Cholesky capped at 16 CTAs).
+void bm_whole_model_concurrent(benchmark::State& state) {
+  if (!xkv::cuda::device_available()) {
+    state.SkipWithError("no CUDA device");
+    return;
+  }
+  const auto& inputs = whole_model_inputs();
+  std::vector<std::vector<xkv::KVView<bf16>>> layers(kModelFactorisations);
+  std::vector<xkv::cuda::DeviceBuffer<bf16>> outputs;
+  std::vector<xkv::cuda::SvdArguments<bf16>> jobs(kModelFactorisations);
+  for (int f = 0; f < kModelFactorisations; ++f) {
+    const int rank = f % 2 == 0 ? 512 : 768;
+    for (int l = 0; l < 4; ++l)
+      layers[f].push_back({inputs[f].get() + l * 1024, kModelTokens, 8, 128, kModelWidth, 128});
+    outputs.emplace_back(std::size_t(kModelTokens) * rank);
+    jobs[f].a = outputs.back().get();
+    outputs.emplace_back(std::size_t(kModelWidth) * rank);
+    jobs[f].b = outputs.back().get();
+    jobs[f].layers = layers[f];
+    jobs[f].rank = rank;
+  }
+  xkv::cuda::ConcurrentCompressor<bf16> all;
+  xkv::cuda::Stream stream;
+  (void)all.run(jobs, stream.get());  // warm-up, and the workspaces
+  all.check(stream.get());
+  xkv::cuda::EventTimer timer;
+  for (auto _ : state) {
+    timer.start(stream.get());
+    (void)all.run(jobs, stream.get());
+    state.SetIterationTime(timer.stop(stream.get()) / 1e3);
+  }
+  all.check(stream.get());
+  state.counters["workspace_GiB"] = double(all.workspace_bytes()) / double(1 << 30);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -252,6 +298,8 @@ int main(int argc, char** argv) {
                                    bm_whole_model, streams, ctas)
           ->UseManualTime()->Unit(benchmark::kMillisecond)->Iterations(3)->Repetitions(3)->ReportAggregatesOnly(true);
     }
+  benchmark::RegisterBenchmark("gpu_svd_whole_model_32k_concurrent_compressor", bm_whole_model_concurrent)
+      ->UseManualTime()->Unit(benchmark::kMillisecond)->Iterations(3)->Repetitions(3)->ReportAggregatesOnly(true);
   benchmark::Initialize(&argc, argv);
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();
