@@ -150,6 +150,30 @@ TEST(CudaReconstruct, PersistentRowBlocksShareRopeFactors) {
   run_case(table, 481);
 }
 
+// A dense range long enough that every ping-pong warpgroup walks more than kItemsPerAnchor (32)
+// items, so its carried cos/sin factors are stepped item to item and anchored again: one head
+// of 64 (one column tile, 132 CTAs on an H200), positions straddling 2^24.
+TEST(CudaReconstruct, CarriedRopeFactorsAcrossManyItems) {
+  SKIP_WITHOUT_GPU();
+  Case c;
+  c.dtype = ScalarType::Float16;
+  c.a_rows = 1400000;
+  c.rank = 16;
+  c.heads = 1;
+  c.head_dim = 64;
+  c.rope = rope(xkv::RopeStyle::HalfSplit, 0, true, 500000.0);
+  c.position_offset = (std::int64_t{1} << 24) - 700000;
+  run_case(c, 490);
+  Case wide;  // two column tiles (66 slots), interleaved pairs, a rank ending mid k-tile
+  wide.a_rows = 600000;
+  wide.rank = 24;
+  wide.heads = 2;
+  wide.head_dim = 128;
+  wide.rope = rope(xkv::RopeStyle::Interleaved);
+  wide.position_offset = 12345;
+  run_case(wide, 491);
+}
+
 TEST(CudaReconstruct, ZeroTokensIsANoOp) {
   SKIP_WITHOUT_GPU();
   Case c;

@@ -118,21 +118,48 @@ __device__ __forceinline__ bool fill_rope_turns(const double* inv_freq, int pair
   return __syncthreads_and(ok);
 }
 
+/// (cos, sin) of each of the thread's HEAD_DIM / 8 pairs (lane & 3 picks which) at `position`,
+/// the angle reduced in fp64 (rope_angle): where the carried factors below are anchored.
+template <int HEAD_DIM, RopeMode MODE>
+__device__ __forceinline__ void rope_anchor_factors(const ReconstructArgs& p, std::int64_t position,
+                                                    float2 (&factors)[HEAD_DIM / 8]) {
+  const int q = threadIdx.x & 3;
+#pragma unroll
+  for (int f = 0; f < HEAD_DIM / 8; ++f) {
+    if (MODE == RopeMode::Interleaved && 8 * f >= p.rotary_dim) break;  // partial rotary: the rest stays
+    float s, c;
+    rope_angle(p.inv_freq[rope_pair_of<MODE>(f, q)], position, s, c);
+    factors[f] = make_float2(c, s);
+  }
+}
+
+/// Moves the factors on by the per-pair angle step `step` (fill_rope_steps): one complex product
+/// each instead of an angle reduction and two MUFU evaluations.
+template <int HEAD_DIM, RopeMode MODE>
+__device__ __forceinline__ void rope_advance_factors(const ReconstructArgs& p, const float2* step,
+                                                     float2 (&factors)[HEAD_DIM / 8]) {
+  const int q = threadIdx.x & 3;
+#pragma unroll
+  for (int f = 0; f < HEAD_DIM / 8; ++f) {
+    if (MODE == RopeMode::Interleaved && 8 * f >= p.rotary_dim) break;
+    factors[f] = rope_advance(factors[f].x, factors[f].y, step[rope_pair_of<MODE>(f, q)]);
+  }
+}
+
 /// RoPE of a warp's rows at consecutive positions (a dense range at a position offset), the
 /// ping-pong kernel's four rows per thread: rows lane/4 and lane/4 + 8 in `top`, 64 rows further
-/// in `bottom`, the first at `position` (< kFp32RopePositions). The first row's factors are
-/// evaluated; the others step from them.
+/// in `bottom`; `factors` are (cos, sin) of the first row's pairs, and the other rows step from
+/// them by 8, 64 and 72 positions.
 template <int HEAD_DIM, RopeMode MODE, int COLS>
-__device__ __forceinline__ void rope_consecutive_rows(const ReconstructArgs& p, const float2* turns,
-                                                      const float2* step8, const float2* step64, float position,
+__device__ __forceinline__ void rope_consecutive_rows(const ReconstructArgs& p, const float2 (&factors)[HEAD_DIM / 8],
+                                                      const float2* step8, const float2* step64,
                                                       float (&top)[COLS / 2], float (&bottom)[COLS / 2]) {
   const int q = threadIdx.x & 3;
 #pragma unroll
   for (int f = 0; f < HEAD_DIM / 8; ++f) {
     if (MODE == RopeMode::Interleaved && 8 * f >= p.rotary_dim) break;  // partial rotary: the rest stays
     const int pair = rope_pair_of<MODE>(f, q);
-    float s, c;
-    rope_angle_fp32(turns[pair], position, s, c);
+    const float c = factors[f].x, s = factors[f].y;
     const float2 at8 = rope_advance(c, s, step8[pair]), by64 = step64[pair];
     const float2 at64 = rope_advance(c, s, by64), at72 = rope_advance(at8.x, at8.y, by64);
     rotate_pair<HEAD_DIM, MODE, COLS>(top, f, 0, c, s);

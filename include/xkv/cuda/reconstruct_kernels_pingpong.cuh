@@ -27,8 +27,12 @@ struct PingpongTile {
   static constexpr int kStagingBytes = 8 * 16 * TmaTile::kStagingRowBytes;  // per consumer warp
   static constexpr int kBarriers = 2 * kStages + 3;
   static constexpr int kPairs = BN / 2;  // rotated pairs of a head of at most 128
-  // per pair: turns per position and the factor steps of 8 and 64 positions (float2 each)
-  static constexpr int kRopeBytes = kPairs * (8 + 2 * 8);
+  // per pair (float2 each): the factor steps of 8 and 64 positions, and either the factor step
+  // from one item of a consumer warpgroup to its next (dense positions) or the turns per position
+  static constexpr int kRopeBytes = kPairs * 3 * 8;
+  // Carried factors are evaluated afresh (fp64 angles) every this many items of a warpgroup, so
+  // the rounding of the stepping stays below ~1e-6 (131072 tokens of 8 heads: 32 items).
+  static constexpr int kItemsPerAnchor = 32;
   static constexpr int smem_bytes(int rank_tiles) {
     return 1024 + rank_tiles * kB_TileBytes + kStages * kA_Bytes + kStagingBytes + kRopeBytes + 8 * kBarriers;
   }
@@ -50,7 +54,10 @@ __global__ void __launch_bounds__(PingpongTile::kThreads, 1)
   unsigned char* bt_resident = smem;  // rank tile kt at kt * kB_TileBytes
   unsigned char* a_ring = bt_resident + rank_tiles * Tile::kB_TileBytes;
   unsigned char* staging = a_ring + STAGES * Tile::kA_Bytes;
+  // The turns per position (fill_rope_turns) for positions from an array; for a dense range the
+  // same bytes hold the factor step from one item of a warpgroup to its next.
   float2* turns = reinterpret_cast<float2*>(staging + Tile::kStagingBytes);
+  float2* step_item = turns;
   float2* step8 = turns + Tile::kPairs;
   float2* step64 = step8 + Tile::kPairs;
   std::uint64_t* full = reinterpret_cast<std::uint64_t*>(step64 + Tile::kPairs);  // A stage loaded
@@ -78,11 +85,21 @@ __global__ void __launch_bounds__(PingpongTile::kThreads, 1)
     mbarrier_init(&products_issued[1], 1);
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
   }
+  // Positions offset + token: each consumer thread carries the cos/sin factors of its first row
+  // from item to item (2 * slots row blocks on), anchored in fp64 every kItemsPerAnchor items, and
+  // steps to its other rows; evaluating them per item cost ~10% of the kernel at the headline
+  // shape. (Evaluating them in the multiplying warpgroup, between its commit and wait, delayed
+  // the stage hand-back and the next products: slower, see PERFORMANCE.md.)
+  constexpr bool kRopeFactors = MODE != RopeMode::None && !TABLE;
+  const bool consecutive = kRopeFactors && p.positions == nullptr;  // uniform over the grid
   bool turns_ok = false;  // every pair within one turn per position
-  if constexpr (MODE != RopeMode::None && !TABLE) {
+  if constexpr (kRopeFactors) {
     fill_rope_steps(p.inv_freq, p.rotary_dim / 2, 8, step8);
     fill_rope_steps(p.inv_freq, p.rotary_dim / 2, 64, step64);
-    turns_ok = fill_rope_turns(p.inv_freq, p.rotary_dim / 2, turns);  // a CTA-wide barrier
+    if (consecutive)
+      fill_rope_steps(p.inv_freq, p.rotary_dim / 2, 2 * slots * BM, step_item);
+    else
+      turns_ok = fill_rope_turns(p.inv_freq, p.rotary_dim / 2, turns);  // a CTA-wide barrier
   }
   __syncthreads();  // the last CTA-wide barrier: the roles below never meet again
 
@@ -114,73 +131,82 @@ __global__ void __launch_bounds__(PingpongTile::kThreads, 1)
   unsigned char* warp_staging = staging + (tid / 32 - 4) * 16 * TmaTile::kStagingRowBytes;
   T* out = static_cast<T*>(p.out);
   if (wg < items) mbarrier_wait(bt_loaded, 0);
-  // Positions offset + token: the epilogue evaluates the factors of each thread's first row and
-  // steps to its other rows. (Evaluating them in the multiplying warpgroup, between its commit
-  // and wait, delayed the stage hand-back and the next products: slower, see PERFORMANCE.md.)
-  constexpr bool kRopeFactors = MODE != RopeMode::None && !TABLE;
-  const bool consecutive = kRopeFactors && turns_ok && p.positions == nullptr;
-  float acc_top[64], acc_bottom[64];
-  for (std::int64_t i = wg; i < items; i += 2) {
-    // Take turns: item i starts once the other warpgroup has issued item i - 1. That keeps one
-    // warpgroup multiplying while the other runs its epilogue, and it keeps the parity waits
-    // below sound: a stage's `full` barrier is then never more than one phase behind.
-    if (i > 0) mbarrier_wait(&products_issued[1 - wg], static_cast<unsigned>(((i - 1) / 2) & 1));
-    // The ring is filled in item order, rank_tiles stages per item.
-    const std::int64_t first = i * rank_tiles;
-    int stage = static_cast<int>(first % STAGES);
-    unsigned phase = static_cast<unsigned>((first / STAGES) & 1);
-    const std::int64_t top_row0 = (slot + i * slots) * BM + warp * 16, bottom_row0 = top_row0 + 64;
-    int previous = -1;
-    for (int kt = 0; kt < rank_tiles; ++kt) {
-      mbarrier_wait(&full[stage], phase);
-      const std::uint32_t a_tile = a_base + stage * Tile::kA_Bytes;
-      const std::uint32_t b_tile = bt_base + kt * Tile::kB_TileBytes;
-      fence_accumulators(acc_top);
-      fence_accumulators(acc_bottom);
-      wgmma_fence();
-      // Descriptors hold address / 16 in their low 14 bits: stepping 32 bytes of the rank (and 64
-      // rows of A) is an add, which never carries out of the field below 227 KB of shared memory.
-      const std::uint64_t a_desc = wgmma_descriptor(a_tile), b_desc = wgmma_descriptor(b_tile);
+  // The item loop is compiled twice, with and without carried factors: the 32 registers of the
+  // factors spilled where they stayed live through the per-row path.
+  auto consume_items = [&](auto carried_factors) {
+    [[maybe_unused]] constexpr bool kCarried = decltype(carried_factors)::value;
+    float acc_top[64], acc_bottom[64];
+    [[maybe_unused]] float2 factors[HEAD_DIM / 8];  // (cos, sin) of this thread's first row, carried across items
+    [[maybe_unused]] int since_anchor = 0;
+    for (std::int64_t i = wg; i < items; i += 2) {
+      // Take turns: item i starts once the other warpgroup has issued item i - 1. That keeps one
+      // warpgroup multiplying while the other runs its epilogue, and it keeps the parity waits
+      // below sound: a stage's `full` barrier is then never more than one phase behind.
+      if (i > 0) mbarrier_wait(&products_issued[1 - wg], static_cast<unsigned>(((i - 1) / 2) & 1));
+      // The ring is filled in item order, rank_tiles stages per item.
+      const std::int64_t first = i * rank_tiles;
+      int stage = static_cast<int>(first % STAGES);
+      unsigned phase = static_cast<unsigned>((first / STAGES) & 1);
+      const std::int64_t top_row0 = (slot + i * slots) * BM + warp * 16, bottom_row0 = top_row0 + 64;
+      int previous = -1;
+      for (int kt = 0; kt < rank_tiles; ++kt) {
+        mbarrier_wait(&full[stage], phase);
+        const std::uint32_t a_tile = a_base + stage * Tile::kA_Bytes;
+        const std::uint32_t b_tile = bt_base + kt * Tile::kB_TileBytes;
+        fence_accumulators(acc_top);
+        fence_accumulators(acc_bottom);
+        wgmma_fence();
+        // Descriptors hold address / 16 in their low 14 bits: stepping 32 bytes of the rank (and 64
+        // rows of A) is an add, which never carries out of the field below 227 KB of shared memory.
+        const std::uint64_t a_desc = wgmma_descriptor(a_tile), b_desc = wgmma_descriptor(b_tile);
 #pragma unroll
-      for (int kk = 0; kk < BK / 16; ++kk) {
-        const int accumulate = kt > 0 || kk > 0;
-        wgmma_m64n128k16<T>(acc_top, a_desc + 2 * kk, b_desc + 2 * kk, accumulate);
-        wgmma_m64n128k16<T>(acc_bottom, a_desc + (64 * 128 >> 4) + 2 * kk, b_desc + 2 * kk, accumulate);
+        for (int kk = 0; kk < BK / 16; ++kk) {
+          const int accumulate = kt > 0 || kk > 0;
+          wgmma_m64n128k16<T>(acc_top, a_desc + 2 * kk, b_desc + 2 * kk, accumulate);
+          wgmma_m64n128k16<T>(acc_bottom, a_desc + (64 * 128 >> 4) + 2 * kk, b_desc + 2 * kk, accumulate);
+        }
+        wgmma_commit();
+        wgmma_wait<1>();  // the previous stage's products are done: hand it back to the producer
+        fence_accumulators(acc_top);
+        fence_accumulators(acc_bottom);
+        if (previous >= 0 && (tid & 127) == 0) mbarrier_arrive(&empty[previous]);
+        previous = stage;
+        if (++stage == STAGES) stage = 0, phase ^= 1;
       }
-      wgmma_commit();
-      wgmma_wait<1>();  // the previous stage's products are done: hand it back to the producer
+      if ((tid & 127) == 0) mbarrier_arrive(&products_issued[wg]);
+      wgmma_wait<0>();
       fence_accumulators(acc_top);
       fence_accumulators(acc_bottom);
-      if (previous >= 0 && (tid & 127) == 0) mbarrier_arrive(&empty[previous]);
-      previous = stage;
-      if (++stage == STAGES) stage = 0, phase ^= 1;
-    }
-    if ((tid & 127) == 0) mbarrier_arrive(&products_issued[wg]);
-    wgmma_wait<0>();
-    fence_accumulators(acc_top);
-    fence_accumulators(acc_bottom);
-    if ((tid & 127) == 0) mbarrier_arrive(&empty[previous]);
+      if ((tid & 127) == 0) mbarrier_arrive(&empty[previous]);
 
-    // Epilogue, while the other warpgroup's products run on the tensor cores.
-    if constexpr (MODE != RopeMode::None) {
-      const std::int64_t position = p.position_offset + p.token_begin + top_row0 + (lane >> 2);
-      if (consecutive && position >= 0 && position + 72 < kFp32RopePositions) {
-        rope_consecutive_rows<HEAD_DIM, MODE, BN>(p, turns, step8, step64, static_cast<float>(position), acc_top,
-                                                  acc_bottom);
-      } else {  // each row at its own position (fp64 angles read inv_freq from global memory: rare)
-        const float2* fp32_turns = turns_ok ? turns : nullptr;
-        rope_rows<HEAD_DIM, MODE, TABLE, BN>(p, p.inv_freq, fp32_turns, acc_top, top_row0);
-        rope_rows<HEAD_DIM, MODE, TABLE, BN>(p, p.inv_freq, fp32_turns, acc_bottom, bottom_row0);
+      // Epilogue, while the other warpgroup's products run on the tensor cores.
+      if constexpr (MODE != RopeMode::None) {
+        if constexpr (kCarried) {
+          if (since_anchor == 0)
+            rope_anchor_factors<HEAD_DIM, MODE>(p, p.position_offset + p.token_begin + top_row0 + (lane >> 2), factors);
+          else
+            rope_advance_factors<HEAD_DIM, MODE>(p, step_item, factors);
+          if (++since_anchor == Tile::kItemsPerAnchor) since_anchor = 0;
+          rope_consecutive_rows<HEAD_DIM, MODE, BN>(p, factors, step8, step64, acc_top, acc_bottom);
+        } else {  // each row at its own position (fp64 angles read inv_freq from global memory: rare)
+          const float2* fp32_turns = turns_ok ? turns : nullptr;
+          rope_rows<HEAD_DIM, MODE, TABLE, BN>(p, p.inv_freq, fp32_turns, acc_top, top_row0);
+          rope_rows<HEAD_DIM, MODE, TABLE, BN>(p, p.inv_freq, fp32_turns, acc_bottom, bottom_row0);
+        }
+      }
+      if (args.out_by_tma) {
+        store_rows_tma<T, HEAD_DIM>(p, &args.out_map, acc_top, top_row0, n0, width, warp_staging);
+        store_rows_tma<T, HEAD_DIM>(p, &args.out_map, acc_bottom, bottom_row0, n0, width, warp_staging);
+      } else {
+        store_rows<T, HEAD_DIM, BN>(p, acc_top, top_row0, n0, width, warp_staging, out);
+        store_rows<T, HEAD_DIM, BN>(p, acc_bottom, bottom_row0, n0, width, warp_staging, out);
       }
     }
-    if (args.out_by_tma) {
-      store_rows_tma<T, HEAD_DIM>(p, &args.out_map, acc_top, top_row0, n0, width, warp_staging);
-      store_rows_tma<T, HEAD_DIM>(p, &args.out_map, acc_bottom, bottom_row0, n0, width, warp_staging);
-    } else {
-      store_rows<T, HEAD_DIM, BN>(p, acc_top, top_row0, n0, width, warp_staging, out);
-      store_rows<T, HEAD_DIM, BN>(p, acc_bottom, bottom_row0, n0, width, warp_staging, out);
-    }
-  }
+  };
+  if (kRopeFactors && consecutive)
+    consume_items(std::bool_constant<kRopeFactors>{});
+  else
+    consume_items(std::false_type{});
   if (args.out_by_tma && lane == 0) bulk_wait_all();  // the staging buffers stay valid until read
 #endif
 }
