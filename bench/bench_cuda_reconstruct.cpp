@@ -138,12 +138,27 @@ void BM_CublasGemm(benchmark::State& state, Shape s) {
   const float alpha = 1.f, beta = 0.f;
   const cudaDataType_t type = s.bf16 ? CUDA_R_16BF : CUDA_R_16F;
   const int width = s.heads * s.d;
+  // Gathered shapes: the same product over a contiguous slice of as many rows (no gather, no
+  // RoPE), the dense lower bound of what the gathered kernel does.
+  const int rows = int(in.rows);
   timed_loop(state, in, s, [&] {
-    XKV_CUDA_CHECK(cublasGemmEx(handle, CUBLAS_OP_N, CUBLAS_OP_N, width, int(s.n), s.r, &alpha, in.b.get(), type,
+    XKV_CUDA_CHECK(cublasGemmEx(handle, CUBLAS_OP_N, CUBLAS_OP_N, width, rows, s.r, &alpha, in.b.get(), type,
                                 width, in.a.get(), type, int(in.lda), &beta, in.out.get(), type, width,
                                 CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
   });
   XKV_CUDA_CHECK(cublasDestroy(handle));
+}
+
+// The timing floor of the harness: one 16-byte cudaMemsetAsync (a kernel launch) between the
+// same events, after the same L2 flush.
+void BM_LaunchFloor(benchmark::State& state) {
+  if (!xkv::cuda::device_available()) {
+    state.SkipWithError("no CUDA device");
+    return;
+  }
+  const Shape s{131072, 2048, 512, 8, 128, true, true};
+  Inputs& in = inputs(s);
+  timed_loop(state, in, s, [&] { XKV_CUDA_CHECK(cudaMemsetAsync(in.out.get(), 0, 16, nullptr)); });
 }
 
 void register_all() {
@@ -174,7 +189,12 @@ void register_all() {
       const Shape s{131072, g, 512, 8, 128, true, true, kernel};
       benchmark::RegisterBenchmark(name("xkv", s).c_str(), BM_Reconstruct, s)
           ->UseManualTime()->Unit(benchmark::kMicrosecond)->Iterations(30)->Repetitions(3)->ReportAggregatesOnly(true);
+      if (kernel == xkv::cuda::KernelPath::Auto)
+        benchmark::RegisterBenchmark(name("cublas_contiguous_slice", s).c_str(), BM_CublasGemm, s)
+            ->UseManualTime()->Unit(benchmark::kMicrosecond)->Iterations(30)->Repetitions(3)->ReportAggregatesOnly(true);
     }
+  benchmark::RegisterBenchmark("launch_floor/memset16", BM_LaunchFloor)
+      ->UseManualTime()->Unit(benchmark::kMicrosecond)->Iterations(30)->Repetitions(3)->ReportAggregatesOnly(true);
 }
 
 }  // namespace
