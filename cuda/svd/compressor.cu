@@ -287,7 +287,15 @@ int run_exact(CompressorState& st, const Plan& plan, const SvdArguments<T>& args
   return r;
 }
 
+template <class T>
+void transpose_b_blocks(const T* b, int layers, int r, int width, T* bt, std::int64_t ld, cudaStream_t stream) {
+  const dim3 grid((width + 31) / 32, (r + 31) / 32, layers), block(32, 8);
+  transpose_b_blocks_kernel<T><<<grid, block, 0, stream>>>(b, r, width, bt, ld);
+  check_launch();
+}
+
 #define XKV_INSTANTIATE_RUNS(T)                                                                                  \
+  template void transpose_b_blocks<T>(const T*, int, int, int, T*, std::int64_t, cudaStream_t);              \
   template void run_randomized<T>(CompressorState&, const Plan&, const SvdArguments<T>&, const Workspace&,     \
                                   cudaStream_t);                                                               \
   template void run_subspace<T>(CompressorState&, const Plan&, const SvdArguments<T>&, const Workspace&,       \

@@ -299,6 +299,11 @@ void Compressor<T>::validate(const SvdArguments<T>& args) const {
               "SvdArguments.rank_capacity=" << args.rank_capacity << " is below rank=" << args.rank);
   XKV_REQUIRE(args.a != nullptr, "SvdArguments.a: null device pointer");
   XKV_REQUIRE(args.b != nullptr, "SvdArguments.b: null device pointer");
+  if (args.bt != nullptr) {
+    const int capacity = std::max(args.rank, args.rank_capacity);
+    XKV_REQUIRE(args.bt_ld == 0 || args.bt_ld >= capacity,
+                "SvdArguments.bt_ld=" << args.bt_ld << " is below the rank capacity " << capacity);
+  }
   if (method_for(args) == GpuSvdMethod::Exact)
     XKV_REQUIRE(double(m) * double(m) * 4.0 < 0.9 * double(SIZE_MAX),
                 "SvdArguments: the exact method's " << m << "x" << m << " Gram matrix does not fit in memory");
@@ -347,6 +352,10 @@ SvdRun Compressor<T>::run(const SvdArguments<T>& args, void* workspace, std::siz
   else if (plan.gram) detail::run_gram_subspace<T>(st, plan, args, ws, stream);
   else if (method == GpuSvdMethod::Subspace) detail::run_subspace<T>(st, plan, args, ws, stream);
   else result.rank = detail::run_exact<T>(st, plan, args, ws, stream);
+  if (args.bt != nullptr) {
+    const std::int64_t ld = args.bt_ld > 0 ? args.bt_ld : std::max(args.rank, args.rank_capacity);
+    detail::transpose_b_blocks<T>(args.b, plan.layers, result.rank, plan.width, args.bt, ld, stream);
+  }
   XKV_CUDA_CHECK(cudaMemcpyAsync(st.pinned_info, info, detail::kInfoSlots * sizeof(int), cudaMemcpyDeviceToHost, stream));
   return result;
 }
@@ -393,6 +402,8 @@ GroupRanks Compressor<T>::compress_group(std::span<const KVView<T>> keys, std::s
     args.rank_capacity = out.rank_capacity;
     args.a = out.a;
     args.b = out.b;
+    args.bt = out.bt;
+    args.bt_ld = out.bt_ld;
     args.singular_values = out.singular_values;
     args.energies = out.energies;
     return compress_stream(args, stream).rank;

@@ -312,6 +312,29 @@ __global__ void write_b_blocks_kernel(const Src* __restrict__ v, std::int64_t d_
   }
 }
 
+/// bt block l ([width x ld] row-major) = b block l ([r x width] row-major) transposed, through a
+/// 32 x 33 shared tile so that both the reads and the writes are coalesced. Grid: (width / 32,
+/// r / 32, layers) rounded up; block 32 x 8.
+template <class T>
+__global__ void transpose_b_blocks_kernel(const T* __restrict__ b, int r, int width, T* __restrict__ bt,
+                                          std::int64_t ld) {
+  __shared__ alignas(T) unsigned char raw[32 * 33 * sizeof(T)];
+  T(&tile)[32][33] = *reinterpret_cast<T(*)[32][33]>(raw);
+  const std::int64_t layer = blockIdx.z;
+  const T* src = b + layer * std::int64_t(r) * width;
+  T* dst = bt + layer * std::int64_t(width) * ld;
+  const int j0 = blockIdx.x * 32, i0 = blockIdx.y * 32;
+  for (int y = threadIdx.y; y < 32; y += 8) {
+    const int i = i0 + y, j = j0 + threadIdx.x;
+    if (i < r && j < width) tile[y][threadIdx.x] = src[std::int64_t(i) * width + j];
+  }
+  __syncthreads();
+  for (int y = threadIdx.y; y < 32; y += 8) {
+    const int j = j0 + y, i = i0 + threadIdx.x;
+    if (i < r && j < width) dst[std::int64_t(j) * ld + i] = tile[threadIdx.x][y];
+  }
+}
+
 /// a (row-major [n x r]) = U (n x r, column-major): a[t][i] = U(t, i).
 template <class Src, class T>
 __global__ void transpose_to_rows_kernel(const Src* __restrict__ u, std::int64_t n, int r, T* __restrict__ a) {

@@ -115,5 +115,8 @@ void run_gram_subspace(CompressorState& st, const Plan& plan, const SvdArguments
 template <class T>
 int run_exact(CompressorState& st, const Plan& plan, const SvdArguments<T>& args, const Workspace& ws,
               cudaStream_t stream);
+/// bt (layers blocks of [width x ld]) = each [r x width] block of b transposed.
+template <class T>
+void transpose_b_blocks(const T* b, int layers, int r, int width, T* bt, std::int64_t ld, cudaStream_t stream);
 
 }  // namespace xkv::cuda::detail

@@ -2,6 +2,7 @@
 xkv_add_test(xkv_test_cuda_svd
   SOURCES ${CMAKE_CURRENT_LIST_DIR}/test_svd.cpp ${CMAKE_CURRENT_LIST_DIR}/test_svd_api.cpp
           ${CMAKE_CURRENT_LIST_DIR}/test_svd_gram.cpp ${CMAKE_CURRENT_LIST_DIR}/test_svd_concurrent.cpp
+          ${CMAKE_CURRENT_LIST_DIR}/test_svd_transposed.cpp
   LIBS xkv::cuda xkv::xkv)
 # The one-launch Cholesky is private to cuda/svd; its test reads the private header.
 xkv_add_test(xkv_test_cuda_cholesky

@@ -96,6 +96,11 @@ struct SvdArguments {
   T* b = nullptr;               ///< G blocks of [r x H*d] row-major
   float* singular_values = nullptr;  ///< optional: r values, descending
   double* energies = nullptr;        ///< optional: {||X||_F^2, sum of the kept s_i^2}
+  /// Optional: each B_l transposed as well, G blocks of [H*d x bt_ld] row-major (columns r and
+  /// on untouched): the operand layout of ReconstructParams::bt, so that factors compressed here
+  /// reconstruct on the wgmma kernel without a host round trip.
+  T* bt = nullptr;
+  std::int64_t bt_ld = 0;  ///< row stride of bt in elements; 0 means the capacity (rank_capacity, else rank)
 };
 
 /// The rank a run chose and the method it used.
@@ -113,6 +118,8 @@ struct DeviceFactorOutputs {
   float* singular_values = nullptr;
   double* energies = nullptr;
   int rank_capacity = 0;
+  T* bt = nullptr;         ///< optional, see SvdArguments::bt
+  std::int64_t bt_ld = 0;
 };
 
 namespace detail {
