@@ -12,7 +12,7 @@ status=0
 step() { echo "== $1"; }
 
 step configure
-cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DXKV_BUILD_MODEL=OFF -DXKV_BUILD_EXAMPLES=OFF \
+cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DXKV_BUILD_MODEL=OFF -DXKV_BUILD_EXAMPLES=ON \
   -DXKV_ENABLE_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 >"$logs/configure.log" 2>&1 || { tail -30 "$logs/configure.log"; exit 1; }
 step build
 cmake --build "$build" -j"$(nproc)" >"$logs/build.log" 2>&1 || { grep -m20 -B2 -A8 "error" "$logs/build.log"; exit 1; }
@@ -39,6 +39,10 @@ sanitize() {  # tool binary [gtest filter]
   fi
   [ $rc -eq 0 ] || status=1
 }
+step "example: compress and reconstruct on the GPU"
+"$build"/examples/gpu_pipeline >"$logs/gpu_pipeline.log" 2>&1 || status=1
+cat "$logs/gpu_pipeline.log"
+
 step "compute-sanitizer"
 for bin in "$build"/tests/cuda/xkv_test_cuda_reconstruct "$build"/tests/cuda/xkv_test_cuda_reconstruct_cache \
            "$build"/tests/cuda/xkv_test_cuda_svd "$build"/tests/cuda/xkv_test_cuda_cholesky; do
