@@ -149,6 +149,60 @@ void BM_CublasGemm(benchmark::State& state, Shape s) {
   XKV_CUDA_CHECK(cublasDestroy(handle));
 }
 
+// A decode step's gathered reconstructs for a whole model: 32 layers in 8 groups of 4 (one A of
+// n x r per group, one B and B^T per layer), the same 2048 tokens selected in each, every layer
+// written to its own output, launched back to back between two events after one L2 flush.
+// Manual time = the sequence over 32, the time per layer when launches follow each other.
+void BM_GatheredDecodeSequence(benchmark::State& state) {
+  if (!xkv::cuda::device_available()) {
+    state.SkipWithError("no CUDA device");
+    return;
+  }
+  constexpr int kLayers = 32, kGroupSize = 4;
+  const Shape s{131072, 2048, 512, 8, 128, true, true};
+  Inputs& in = inputs(s);  // one group's A, B, B^T and the index list, reused as fill data
+  const std::int64_t width = std::int64_t(s.heads) * s.d;
+  std::vector<DeviceBuffer<std::uint16_t>> a, b, bt, out;
+  for (int g = 0; g < kLayers / kGroupSize; ++g) {
+    a.emplace_back(in.a.size());
+    XKV_CUDA_CHECK(cudaMemcpy(a.back().get(), in.a.get(), in.a.bytes(), cudaMemcpyDeviceToDevice));
+  }
+  std::vector<xkv::cuda::Reconstruct> ops;
+  for (int l = 0; l < kLayers; ++l) {
+    b.emplace_back(in.b.size());
+    bt.emplace_back(in.bt.size());
+    out.emplace_back(std::size_t(s.gather * width));
+    XKV_CUDA_CHECK(cudaMemcpy(b.back().get(), in.b.get(), in.b.bytes(), cudaMemcpyDeviceToDevice));
+    XKV_CUDA_CHECK(cudaMemcpy(bt.back().get(), in.bt.get(), in.bt.bytes(), cudaMemcpyDeviceToDevice));
+    xkv::cuda::ReconstructParams p;
+    p.dtype = xkv::cuda::ScalarType::BFloat16;
+    p.a = a[std::size_t(l / kGroupSize)].get();
+    p.a_rows = s.n;
+    p.lda = in.lda;
+    p.rank = s.r;
+    p.b = b.back().get();
+    p.ldb = width;
+    p.bt = bt.back().get();
+    p.ldbt = in.lda;
+    p.heads = s.heads;
+    p.head_dim = s.d;
+    p.tokens = s.gather;
+    p.token_indices = in.idx.get();
+    p.rope = xkv::RopeConfig{};
+    p.out = xkv::cuda::OutputSpec::token_major(out.back().get(), s.gather, s.heads, s.d);
+    ops.emplace_back(p);
+  }
+  xkv::cuda::EventTimer timer;
+  for (const auto& op : ops) op.run(nullptr);  // warm-up
+  XKV_CUDA_CHECK(cudaDeviceSynchronize());
+  for (auto _ : state) {
+    XKV_CUDA_CHECK(cudaMemsetAsync(in.flush.get(), 0, in.flush.bytes(), nullptr));
+    timer.start(nullptr);
+    for (const auto& op : ops) op.run(nullptr);
+    state.SetIterationTime(timer.stop(nullptr) / 1000.0 / kLayers);
+  }
+}
+
 // The timing floor of the harness: one 16-byte cudaMemsetAsync (a kernel launch) between the
 // same events, after the same L2 flush.
 void BM_LaunchFloor(benchmark::State& state) {
@@ -193,6 +247,9 @@ void register_all() {
         benchmark::RegisterBenchmark(name("cublas_contiguous_slice", s).c_str(), BM_CublasGemm, s)
             ->UseManualTime()->Unit(benchmark::kMicrosecond)->Iterations(30)->Repetitions(3)->ReportAggregatesOnly(true);
     }
+  benchmark::RegisterBenchmark("xkv/n:131072/gather:2048/r:512/H:8/d:128/bf16/rope/per_layer_of_32_back_to_back",
+                               BM_GatheredDecodeSequence)
+      ->UseManualTime()->Unit(benchmark::kMicrosecond)->Iterations(20)->Repetitions(3)->ReportAggregatesOnly(true);
   benchmark::RegisterBenchmark("launch_floor/memset16", BM_LaunchFloor)
       ->UseManualTime()->Unit(benchmark::kMicrosecond)->Iterations(30)->Repetitions(3)->ReportAggregatesOnly(true);
 }
