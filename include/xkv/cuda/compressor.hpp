@@ -128,9 +128,9 @@ struct CompressorState;  // handles, host workspace, pinned status words
 
 /// Truncated SVD of layer groups on one device. T is the storage type of inputs and factors:
 /// __nv_bfloat16, __half or float. Not thread-safe: one run at a time per object. To compress
-/// several groups at once (a whole model after prefill), give each stream its own Compressor and
-/// workspace: the small-side steps of one group (CholeskyQR, latency-bound) then overlap the
-/// GEMMs of the others (bench/bench_cuda_svd.cpp, WholeModel).
+/// several groups at once (a whole model after prefill), use ConcurrentCompressor
+/// (concurrent_compressor.hpp): one Compressor per job on lanes of streams, so the small-side
+/// steps of one group (CholeskyQR, latency-bound) overlap the GEMMs of the others.
 template <class T>
 class Compressor {
  public:

@@ -203,7 +203,7 @@ __global__ void __launch_bounds__(PingpongTile::kThreads, 1)
       }
     }
   };
-  if (kRopeFactors && consecutive)
+  if (consecutive)  // false at compile time unless kRopeFactors
     consume_items(std::bool_constant<kRopeFactors>{});
   else
     consume_items(std::false_type{});
