@@ -251,7 +251,9 @@ void bm_whole_model_concurrent(benchmark::State& state, bool lockstep) {
     jobs[f].layers = layers[f];
     jobs[f].rank = rank;
   }
-  xkv::cuda::ConcurrentCompressor<bf16> all({}, xkv::cuda::ConcurrentCompressor<bf16>::kDefaultLanes, lockstep);
+  // Lockstep: a lane per job, so that one batch's rounds do not queue behind the other's G.
+  xkv::cuda::ConcurrentCompressor<bf16> all({}, lockstep ? kModelFactorisations : xkv::cuda::ConcurrentCompressor<bf16>::kDefaultLanes,
+                                            lockstep);
   xkv::cuda::Stream stream;
   (void)all.run(jobs, stream.get());  // warm-up, and the workspaces
   all.check(stream.get());

@@ -84,12 +84,15 @@ std::vector<SvdRun> ConcurrentCompressor<T>::run(std::span<const SvdArguments<T>
       throw Error(e.kind(), "ConcurrentCompressor::run: job " + std::to_string(j) + ": " + e.what());
     }
   }
+  // Lanes round-robin over the batches' jobs (each job's GEMMs on its own lane; a batch's
+  // factorisations on its first job's lane), then over the other jobs.
   s.lane_of.assign(jobs.size(), 0);
   std::vector<std::size_t> needed(lanes, 0);
-  for (std::size_t b = 0; b < batches.size(); ++b)
-    for (std::size_t j : batches[b]) s.lane_of[j] = b % lanes;
-  for (std::size_t i = 0; i < singles.size(); ++i) {
-    const std::size_t j = singles[i], lane = (batches.size() + i) % lanes;
+  std::size_t next_lane = 0;
+  for (const auto& b : batches)
+    for (std::size_t j : b) s.lane_of[j] = next_lane++ % lanes;
+  for (std::size_t j : singles) {
+    const std::size_t lane = next_lane++ % lanes;
     s.lane_of[j] = lane;
     needed[lane] = std::max(needed[lane], bytes[j]);
   }
@@ -114,21 +117,22 @@ std::vector<SvdRun> ConcurrentCompressor<T>::run(std::span<const SvdArguments<T>
   for (auto& lane : s.lanes) XKV_CUDA_CHECK(cudaStreamWaitEvent(lane->get(), s.fork));
   std::vector<SvdRun> runs(jobs.size());
   for (const auto& batch : batches) {
-    const cudaStream_t lane = s.lanes[s.lane_of[batch.front()]]->get();
+    auto lane_stream = [&](std::size_t j) { return s.lanes[s.lane_of[j]]->get(); };
     std::vector<detail::Plan> plans;
     plans.reserve(batch.size());
     for (std::size_t j : batch)
-      plans.push_back(s.compressors[j]->begin_run(jobs[j], s.job_workspaces[j].get(), s.job_workspaces[j].bytes(), lane));
+      plans.push_back(s.compressors[j]->begin_run(jobs[j], s.job_workspaces[j].get(), s.job_workspaces[j].bytes(),
+                                                  lane_stream(j)));
     std::vector<detail::GramJob<T>> gram_jobs;
     for (std::size_t i = 0; i < batch.size(); ++i) {
       const std::size_t j = batch[i];
       gram_jobs.push_back({s.compressors[j]->state_.get(), &plans[i], &jobs[j],
-                           detail::Workspace{s.job_workspaces[j].get()}});
+                           detail::Workspace{s.job_workspaces[j].get()}, lane_stream(j)});
     }
-    detail::run_gram_subspace_lockstep<T>(gram_jobs, lane);
+    detail::run_gram_subspace_lockstep<T>(gram_jobs, lane_stream(batch.front()));
     for (std::size_t i = 0; i < batch.size(); ++i) {
       const std::size_t j = batch[i];
-      s.compressors[j]->end_run(jobs[j], plans[i], jobs[j].rank, s.job_workspaces[j].get(), lane);
+      s.compressors[j]->end_run(jobs[j], plans[i], jobs[j].rank, s.job_workspaces[j].get(), lane_stream(j));
       runs[j] = SvdRun{jobs[j].rank, GpuSvdMethod::Subspace, true};
     }
   }

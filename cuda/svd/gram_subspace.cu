@@ -90,7 +90,7 @@ void run_gram_subspace(CompressorState& st, const Plan& plan, const SvdArguments
 }
 
 template <class T>
-void run_gram_subspace_lockstep(std::span<const GramJob<T>> jobs, cudaStream_t stream) {
+void run_gram_subspace_lockstep(std::span<const GramJob<T>> jobs, cudaStream_t factor_stream) {
   XKV_REQUIRE(!jobs.empty() && jobs.size() <= std::size_t(kMaxCholeskyBatch),
               "run_gram_subspace_lockstep: " << jobs.size() << " jobs, at most " << kMaxCholeskyBatch);
   struct Buffers {
@@ -116,44 +116,64 @@ void run_gram_subspace_lockstep(std::span<const GramJob<T>> jobs, cudaStream_t s
                     ws.get<double>(plan.off_energies), ws.get<T>(plan.off_v), ws.get<int>(plan.off_info),
                     carve_cholesky(*job.st, ws.get<double>(plan.off_chol), r)});
   }
-  // The bulk first: every G (each GEMM fills the GPU by itself), and the same starts as run_gram_subspace.
-  for (std::size_t j = 0; j < jobs.size(); ++j) {
-    const GramJob<T>& job = jobs[j];
-    Buffers& b = bufs[j];
-    const std::int64_t d = job.plan->d;
-    gram_of_x(*job.st, *job.plan, b.tab, b.stage, b.gram, job.args->energies ? b.partials : nullptr, stream);
-    gaussian_kernel<T><<<grid_for(d * r), kThreads, 0, stream>>>(b.v, d * r, job.st->seed);
-    check_launch();
-    convert(b.v, b.v32, d * r, stream);
-  }
-  // The rounds in lockstep: each job's GEMMs, then one Cholesky launch for all of them.
-  std::vector<CholeskyTask> tasks(jobs.size());
-  for (int round = 0; round < rounds; ++round) {
-    for (std::size_t j = 0; j < jobs.size(); ++j) {
+  // One event per job (its Gram of Z is ready) and one for the batch's factors; re-recording an
+  // event is safe once the waits on its previous record are enqueued.
+  std::vector<cudaEvent_t> ready(jobs.size(), nullptr);
+  cudaEvent_t factored = nullptr;
+  auto release = [&] {
+    for (cudaEvent_t e : ready)
+      if (e) (void)cudaEventDestroy(e);
+    if (factored) (void)cudaEventDestroy(factored);
+  };
+  try {
+    for (cudaEvent_t& e : ready) XKV_CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+    XKV_CUDA_CHECK(cudaEventCreateWithFlags(&factored, cudaEventDisableTiming));
+    for (std::size_t j = 0; j < jobs.size(); ++j) {  // the bulk: every G, and the starts of run_gram_subspace
       const GramJob<T>& job = jobs[j];
       Buffers& b = bufs[j];
       const std::int64_t d = job.plan->d;
-      gemm(job.st->blas, CUBLAS_OP_N, CUBLAS_OP_N, d, r, d, b.gram, CUDA_R_32F, d, b.v32, CUDA_R_32F, d, 0.0f, b.z,
-           CUDA_R_32F, d, CUBLAS_COMPUTE_32F_FAST_TF32);
-      cholesky_qr_gram(*job.st, b.z, d, r, job.plan->fp64_rows, b.zd, b.g, stream,
-                       round == 0 ? b.info + kNonFiniteSlot : nullptr);
-      tasks[j] = {b.g, b.chol, b.info + round};
+      gram_of_x(*job.st, *job.plan, b.tab, b.stage, b.gram, job.args->energies ? b.partials : nullptr, job.stream);
+      gaussian_kernel<T><<<grid_for(d * r), kThreads, 0, job.stream>>>(b.v, d * r, job.st->seed);
+      check_launch();
+      convert(b.v, b.v32, d * r, job.stream);
     }
-    cholesky_inverse_batched(tasks, r, stream);
+    std::vector<CholeskyTask> tasks(jobs.size());
+    for (int round = 0; round < rounds; ++round) {
+      for (std::size_t j = 0; j < jobs.size(); ++j) {
+        const GramJob<T>& job = jobs[j];
+        Buffers& b = bufs[j];
+        const std::int64_t d = job.plan->d;
+        gemm(job.st->blas, CUBLAS_OP_N, CUBLAS_OP_N, d, r, d, b.gram, CUDA_R_32F, d, b.v32, CUDA_R_32F, d, 0.0f, b.z,
+             CUDA_R_32F, d, CUBLAS_COMPUTE_32F_FAST_TF32);
+        cholesky_qr_gram(*job.st, b.z, d, r, job.plan->fp64_rows, b.zd, b.g, job.stream,
+                         round == 0 ? b.info + kNonFiniteSlot : nullptr);
+        XKV_CUDA_CHECK(cudaEventRecord(ready[j], job.stream));
+        XKV_CUDA_CHECK(cudaStreamWaitEvent(factor_stream, ready[j]));
+        tasks[j] = {b.g, b.chol, b.info + round};
+      }
+      cholesky_inverse_batched(tasks, r, factor_stream);
+      XKV_CUDA_CHECK(cudaEventRecord(factored, factor_stream));
+      for (std::size_t j = 0; j < jobs.size(); ++j) {
+        const GramJob<T>& job = jobs[j];
+        Buffers& b = bufs[j];
+        const std::int64_t d = job.plan->d;
+        XKV_CUDA_CHECK(cudaStreamWaitEvent(job.stream, factored));
+        if (round + 1 < rounds)
+          cholesky_qr_apply(*job.st, b.z, b.v32, d, r, job.plan->fp64_rows, b.zd, b.vd, b.chol, job.stream);
+        else  // the last basis goes straight to T: it is B^T and the right factor of A = X V
+          cholesky_qr_apply(*job.st, b.z, b.v, d, r, job.plan->fp64_rows, b.zd, b.vd, b.chol, job.stream);
+      }
+    }
     for (std::size_t j = 0; j < jobs.size(); ++j) {
-      const GramJob<T>& job = jobs[j];
       Buffers& b = bufs[j];
-      const std::int64_t d = job.plan->d;
-      if (round + 1 < rounds)
-        cholesky_qr_apply(*job.st, b.z, b.v32, d, r, job.plan->fp64_rows, b.zd, b.vd, b.chol, stream);
-      else  // the last basis goes straight to T: it is B^T and the right factor of A = X V
-        cholesky_qr_apply(*job.st, b.z, b.v, d, r, job.plan->fp64_rows, b.zd, b.vd, b.chol, stream);
+      finish_subspace(*jobs[j].st, *jobs[j].plan, b.tab, *jobs[j].args, b.v, b.stage, b.partials, b.energies,
+                      jobs[j].stream);
     }
+  } catch (...) {
+    release();
+    throw;
   }
-  for (std::size_t j = 0; j < jobs.size(); ++j) {
-    Buffers& b = bufs[j];
-    finish_subspace(*jobs[j].st, *jobs[j].plan, b.tab, *jobs[j].args, b.v, b.stage, b.partials, b.energies, stream);
-  }
+  release();
 }
 
 #define XKV_INSTANTIATE_GRAM(T)                                                                              \

@@ -123,13 +123,14 @@ struct GramJob {
   const Plan* plan = nullptr;
   const SvdArguments<T>* args = nullptr;
   Workspace ws;
+  cudaStream_t stream = nullptr;  ///< the job's own stream; its cuBLAS handle is set to it
 };
-/// run_gram_subspace for up to kMaxCholeskyBatch jobs of one rank at once on one stream: every G
-/// first, then each round's GEMMs job by job around ONE batched Cholesky launch for all of them
-/// (one chain of grid barriers per round instead of one per job), then each job's A and B. The
-/// results are those of separate runs. Each job's cuBLAS handle must be set to `stream`.
+/// run_gram_subspace for up to kMaxCholeskyBatch jobs of one rank at once: each job's steps on its
+/// own stream (G, then each round's GEMMs, then A and B), but each round's factorisations as ONE
+/// batched Cholesky launch on `factor_stream` (one chain of grid barriers per round instead of one
+/// per job), joined and forked by events. The results are those of separate runs.
 template <class T>
-void run_gram_subspace_lockstep(std::span<const GramJob<T>> jobs, cudaStream_t stream);
+void run_gram_subspace_lockstep(std::span<const GramJob<T>> jobs, cudaStream_t factor_stream);
 
 /// bt (layers blocks of [width x ld]) = each [r x width] block of b transposed.
 template <class T>
