@@ -59,7 +59,8 @@ void cholesky_inverse_batched(std::span<const CholeskyTask> tasks, int k, cudaSt
   const int tiles = batch.m[0].tiles;
   const int widest = std::max(tiles * (tiles - 1) / 2, tiles) * batch.count;
   int grid = std::clamp(widest, 1, sms * per_sm);
-  if (tasks[0].ws.max_ctas > 0) grid = std::min(grid, tasks[0].ws.max_ctas);
+  // max_ctas caps the CTAs per matrix (GpuCompressorOptions::cholesky_ctas).
+  if (tasks[0].ws.max_ctas > 0) grid = std::min(grid, tasks[0].ws.max_ctas * batch.count);
   void* args[] = {&batch};
   XKV_CUDA_CHECK(cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(&cholesky_inverse_kernel), dim3(grid),
                                              dim3(kCholThreads), args, 0, stream));

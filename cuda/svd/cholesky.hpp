@@ -36,8 +36,8 @@ struct CholeskyTask {
 /// Most matrices one launch factors.
 inline constexpr int kMaxCholeskyBatch = 16;
 /// The factorisations of up to kMaxCholeskyBatch matrices, all of side k, in one launch (one chain
-/// of grid barriers); each result is bit-identical to cholesky_inverse's. The grid is capped by
-/// the first task's ws.max_ctas.
+/// of grid barriers); each result is bit-identical to cholesky_inverse's. The grid is capped at
+/// the first task's ws.max_ctas per matrix.
 void cholesky_inverse_batched(std::span<const CholeskyTask> tasks, int k, cudaStream_t stream);
 
 }  // namespace xkv::cuda::detail
