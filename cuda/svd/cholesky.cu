@@ -25,16 +25,30 @@ CholeskyWorkspace CholeskyWorkspace::carve(double* base, int k) {
 }
 
 void cholesky_inverse(const double* gram, int k, const CholeskyWorkspace& ws, int* info, cudaStream_t stream) {
-  XKV_REQUIRE(k >= 1 && gram != nullptr && ws.l != nullptr && info != nullptr && ws.padded >= k,
-              "cholesky_inverse: k=" << k << ", padded side " << ws.padded);
-  CholeskyParams p;
-  p.gram = gram;
-  p.k = k;
-  p.tiles = ws.padded / kCholTile;
-  p.l = ws.l;
-  p.w = ws.w;
-  p.work = ws.work;
-  p.info = info;
+  const CholeskyTask task{gram, ws, info};
+  cholesky_inverse_batched(std::span<const CholeskyTask>(&task, 1), k, stream);
+}
+
+void cholesky_inverse_batched(std::span<const CholeskyTask> tasks, int k, cudaStream_t stream) {
+  static_assert(kMaxCholeskyBatch == kCholMaxBatch, "one batch limit");
+  XKV_REQUIRE(!tasks.empty() && tasks.size() <= std::size_t(kMaxCholeskyBatch),
+              "cholesky_inverse_batched: " << tasks.size() << " tasks, at most " << kMaxCholeskyBatch);
+  CholeskyBatch batch;
+  batch.count = int(tasks.size());
+  for (std::size_t i = 0; i < tasks.size(); ++i) {
+    const CholeskyTask& t = tasks[i];
+    XKV_REQUIRE(k >= 1 && t.gram != nullptr && t.ws.l != nullptr && t.info != nullptr && t.ws.padded >= k &&
+                    t.ws.padded == tasks[0].ws.padded,
+                "cholesky_inverse: task " << i << ": k=" << k << ", padded side " << t.ws.padded);
+    CholeskyParams& p = batch.m[i];
+    p.gram = t.gram;
+    p.k = k;
+    p.tiles = t.ws.padded / kCholTile;
+    p.l = t.ws.l;
+    p.w = t.ws.w;
+    p.work = t.ws.work;
+    p.info = t.info;
+  }
   // Every CTA must be resident at once (grid-wide barriers); more than the widest step's tile
   // count would only wait at the barriers.
   int device = 0, sms = 0, per_sm = 0;
@@ -42,10 +56,12 @@ void cholesky_inverse(const double* gram, int k, const CholeskyWorkspace& ws, in
   XKV_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
   XKV_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, cholesky_inverse_kernel, kCholThreads, 0));
   XKV_CHECK(per_sm >= 1, Device, "cholesky_inverse: the kernel cannot be resident on this device");
-  const int widest = std::max(p.tiles * (p.tiles - 1) / 2, p.tiles);
+  const int tiles = batch.m[0].tiles;
+  const int widest = std::max(tiles * (tiles - 1) / 2, tiles) * batch.count;
   int grid = std::clamp(widest, 1, sms * per_sm);
-  if (ws.max_ctas > 0) grid = std::min(grid, ws.max_ctas);
-  void* args[] = {&p};
+  // max_ctas caps the CTAs per matrix (GpuCompressorOptions::cholesky_ctas).
+  if (tasks[0].ws.max_ctas > 0) grid = std::min(grid, tasks[0].ws.max_ctas * batch.count);
+  void* args[] = {&batch};
   XKV_CUDA_CHECK(cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(&cholesky_inverse_kernel), dim3(grid),
                                              dim3(kCholThreads), args, 0, stream));
 }

@@ -5,6 +5,7 @@
 #include <cuda_runtime.h>
 
 #include <cstddef>
+#include <span>
 
 namespace xkv::cuda::detail {
 
@@ -25,5 +26,18 @@ struct CholeskyWorkspace {
 /// Asynchronous on `stream`. A pivot that is not positive (or NaN) makes *info the 1-based
 /// index of the first such pivot (*info must be 0 before); the outputs are then meaningless.
 void cholesky_inverse(const double* gram, int k, const CholeskyWorkspace& ws, int* info, cudaStream_t stream);
+
+/// One factorisation of a batch.
+struct CholeskyTask {
+  const double* gram = nullptr;  ///< k x k, column-major, upper triangle read
+  CholeskyWorkspace ws;
+  int* info = nullptr;
+};
+/// Most matrices one launch factors.
+inline constexpr int kMaxCholeskyBatch = 16;
+/// The factorisations of up to kMaxCholeskyBatch matrices, all of side k, in one launch (one chain
+/// of grid barriers); each result is bit-identical to cholesky_inverse's. The grid is capped at
+/// the first task's ws.max_ctas per matrix.
+void cholesky_inverse_batched(std::span<const CholeskyTask> tasks, int k, cudaStream_t stream);
 
 }  // namespace xkv::cuda::detail

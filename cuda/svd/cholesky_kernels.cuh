@@ -12,6 +12,9 @@
 // Then L^{-1} by recursive doubling of 2 x 2 block inverses
 //   [A 0; B C]^{-1} = [A^{-1} 0; -C^{-1} (B A^{-1}) C^{-1}]   (two GEMM barriers per level).
 // The tile order is fixed, so the result is bit-identical run to run.
+// Batches: up to kCholMaxBatch matrices of one size share the launch and its barriers (each step's
+// work items interleaved over the matrices, the diagonal tiles first), so groups factored in
+// lockstep pay the chain of barriers once; every tile is computed as in a launch of its own.
 #pragma once
 
 #include <cooperative_groups.h>
@@ -32,6 +35,13 @@ struct CholeskyParams {
   double* w = nullptr;     ///< padded x padded, column-major: L^{-1} (upper part zero)
   double* work = nullptr;  ///< padded x padded: the trailing matrix, then B A^{-1} products of the inverse
   int* info = nullptr;   ///< 0, or the 1-based index of the first pivot that was not positive
+};
+
+/// Matrices of one size factored by one launch.
+inline constexpr int kCholMaxBatch = 16;
+struct CholeskyBatch {
+  CholeskyParams m[kCholMaxBatch];
+  int count = 0;
 };
 
 namespace chol {
@@ -177,36 +187,44 @@ __device__ __forceinline__ void factor_and_store(const CholeskyParams& p, int j,
 
 }  // namespace chol
 
-__global__ void __launch_bounds__(kCholThreads) cholesky_inverse_kernel(CholeskyParams p) {
+__global__ void __launch_bounds__(kCholThreads) cholesky_inverse_kernel(const __grid_constant__ CholeskyBatch batch) {
   namespace cg = cooperative_groups;
   cg::grid_group grid = cg::this_grid();
   __shared__ chol::Tile a, b, c, inv;
-  const int nt = p.tiles, ld = nt * kCholTile;
+  const int nb = batch.count;
+  const int nt = batch.m[0].tiles, ld = nt * kCholTile;  // every matrix of a batch has the same size
   const std::size_t elements = std::size_t(ld) * ld;
 
   // work <- lower triangle of the Gram (identity beyond k); L, W <- 0.
-  for (std::size_t e = blockIdx.x * std::size_t(blockDim.x) + threadIdx.x; e < elements;
+  for (std::size_t e = blockIdx.x * std::size_t(blockDim.x) + threadIdx.x; e < nb * elements;
        e += std::size_t(gridDim.x) * blockDim.x) {
-    const int r = int(e % ld), col = int(e / ld);
+    const CholeskyParams& p = batch.m[e / elements];
+    const std::size_t at = e % elements;
+    const int r = int(at % ld), col = int(at / ld);
     double v = 0;
     if (r >= col) v = (r < p.k && col < p.k) ? p.gram[col + std::size_t(r) * p.k] : (r == col ? 1.0 : 0.0);
-    p.work[e] = v;
-    p.l[e] = 0;
-    p.w[e] = 0;
+    p.work[at] = v;
+    p.l[at] = 0;
+    p.w[at] = 0;
   }
   grid.sync();
-  if (blockIdx.x == 0) {
+  for (int m = int(blockIdx.x); m < nb; m += int(gridDim.x)) {
+    const CholeskyParams& p = batch.m[m];
     chol::Tile* dst[1] = {&c};
     chol::load<1>(dst, {chol::TileRef{p.work, 0, 0}}, ld);
     chol::factor_and_store(p, 0, c, inv);
   }
   grid.sync();
 
+  // Work item t of a step is item t / nb of matrix t % nb: the items 0 (each matrix's next
+  // diagonal tile, factored right away) go to the first CTAs.
   for (int j = 0; j + 1 < nt; ++j) {
     const int rest = nt - j - 1, count = rest * (rest + 1) / 2;
-    for (int t = int(blockIdx.x); t < count; t += int(gridDim.x)) {
+    for (int t = int(blockIdx.x); t < nb * count; t += int(gridDim.x)) {
+      const CholeskyParams& p = batch.m[t % nb];
+      const int item = t / nb;
       int i, m;
-      chol::lower_tile(t, i, m);
+      chol::lower_tile(item, i, m);
       i += j + 1;
       m += j + 1;
       {
@@ -227,7 +245,7 @@ __global__ void __launch_bounds__(kCholThreads) cholesky_inverse_kernel(Cholesky
       update.add(a, m != i ? b : a, /*transpose_q=*/true);
 #pragma unroll
       for (int s = 0; s < 4; ++s) c[update.row()][update.col(s)] -= update.v[s];
-      if (t == 0) {
+      if (item == 0) {
         chol::factor_and_store(p, j + 1, c, inv);  // (j+1, j+1) is final: factor it for step j + 1
       } else {
         __syncthreads();
@@ -244,9 +262,12 @@ __global__ void __launch_bounds__(kCholThreads) cholesky_inverse_kernel(Cholesky
   for (int span = 1; span < nt; span *= 2) {
     const int pairs = (nt + 2 * span - 1) / (2 * span);
     const int per_pair = span * span;  // output tiles of a full pair (clipped ones skip)
+    const int items = pairs * per_pair;
     // Step 1: S = B * A^{-1}, B = L[C rows, A cols]; one output tile per work item.
-    for (int t = int(blockIdx.x); t < pairs * per_pair; t += int(gridDim.x)) {
-      const int q = (t / per_pair) * 2 * span, i = q + span + (t % per_pair) / span, m = q + (t % per_pair) % span;
+    for (int t = int(blockIdx.x); t < nb * items; t += int(gridDim.x)) {
+      const CholeskyParams& p = batch.m[t % nb];
+      const int item = t / nb;
+      const int q = (item / per_pair) * 2 * span, i = q + span + (item % per_pair) / span, m = q + (item % per_pair) % span;
       if (i >= nt) continue;  // block-uniform: no barrier skipped by part of a CTA
       chol::Accumulator acc;
       for (int x = m; x < q + span; ++x) {  // A^{-1} is lower: rows x >= m contribute to column m
@@ -263,8 +284,10 @@ __global__ void __launch_bounds__(kCholThreads) cholesky_inverse_kernel(Cholesky
     }
     grid.sync();
     // Step 2: W[C rows, A cols] = -C^{-1} S.
-    for (int t = int(blockIdx.x); t < pairs * per_pair; t += int(gridDim.x)) {
-      const int q = (t / per_pair) * 2 * span, i = q + span + (t % per_pair) / span, m = q + (t % per_pair) % span;
+    for (int t = int(blockIdx.x); t < nb * items; t += int(gridDim.x)) {
+      const CholeskyParams& p = batch.m[t % nb];
+      const int item = t / nb;
+      const int q = (item / per_pair) * 2 * span, i = q + span + (item % per_pair) / span, m = q + (item % per_pair) % span;
       if (i >= nt) continue;
       chol::Accumulator acc;
       for (int x = q + span; x <= i; ++x) {  // C^{-1} is lower: columns x <= i

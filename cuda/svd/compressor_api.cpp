@@ -333,10 +333,10 @@ std::size_t Compressor<T>::workspace_bytes(const SvdArguments<T>& args) const {
 }
 
 template <class T>
-SvdRun Compressor<T>::run(const SvdArguments<T>& args, void* workspace, std::size_t workspace_size, cudaStream_t stream) {
+detail::Plan Compressor<T>::begin_run(const SvdArguments<T>& args, void* workspace, std::size_t workspace_size,
+                                      cudaStream_t stream) {
   validate(args);
-  const GpuSvdMethod method = method_for(args);
-  const detail::Plan plan = detail::make_plan(*state_, options_, args, method);
+  detail::Plan plan = detail::make_plan(*state_, options_, args, method_for(args));
   XKV_REQUIRE(workspace != nullptr && workspace_size >= plan.total_bytes,
               "Compressor::run: workspace of " << workspace_size << " bytes at " << workspace << ", needs "
                                                << plan.total_bytes << " bytes");
@@ -344,19 +344,34 @@ SvdRun Compressor<T>::run(const SvdArguments<T>& args, void* workspace, std::siz
   XKV_CUDA_CHECK(cublasSetStream(st.blas, stream));
   XKV_CUDA_CHECK(cusolverDnSetStream(st.solver, stream));
   const detail::Workspace ws{static_cast<char*>(workspace)};
-  int* info = ws.get<int>(plan.off_info);
-  XKV_CUDA_CHECK(cudaMemsetAsync(info, 0, detail::kInfoSlots * sizeof(int), stream));
+  XKV_CUDA_CHECK(cudaMemsetAsync(ws.get<int>(plan.off_info), 0, detail::kInfoSlots * sizeof(int), stream));
   XKV_CUDA_CHECK(cudaMemsetAsync(ws.get<double>(plan.off_energies), 0, 2 * sizeof(double), stream));
-  SvdRun result{args.rank, method, plan.gram};
-  if (method == GpuSvdMethod::Randomized) detail::run_randomized<T>(st, plan, args, ws, stream);
-  else if (plan.gram) detail::run_gram_subspace<T>(st, plan, args, ws, stream);
-  else if (method == GpuSvdMethod::Subspace) detail::run_subspace<T>(st, plan, args, ws, stream);
-  else result.rank = detail::run_exact<T>(st, plan, args, ws, stream);
+  return plan;
+}
+
+template <class T>
+void Compressor<T>::end_run(const SvdArguments<T>& args, const detail::Plan& plan, int rank, void* workspace,
+                            cudaStream_t stream) {
   if (args.bt != nullptr) {
     const std::int64_t ld = args.bt_ld > 0 ? args.bt_ld : std::max(args.rank, args.rank_capacity);
-    detail::transpose_b_blocks<T>(args.b, plan.layers, result.rank, plan.width, args.bt, ld, stream);
+    detail::transpose_b_blocks<T>(args.b, plan.layers, rank, plan.width, args.bt, ld, stream);
   }
-  XKV_CUDA_CHECK(cudaMemcpyAsync(st.pinned_info, info, detail::kInfoSlots * sizeof(int), cudaMemcpyDeviceToHost, stream));
+  const detail::Workspace ws{static_cast<char*>(workspace)};
+  XKV_CUDA_CHECK(cudaMemcpyAsync(state_->pinned_info, ws.get<int>(plan.off_info), detail::kInfoSlots * sizeof(int),
+                                 cudaMemcpyDeviceToHost, stream));
+}
+
+template <class T>
+SvdRun Compressor<T>::run(const SvdArguments<T>& args, void* workspace, std::size_t workspace_size, cudaStream_t stream) {
+  const detail::Plan plan = begin_run(args, workspace, workspace_size, stream);
+  auto& st = *state_;
+  const detail::Workspace ws{static_cast<char*>(workspace)};
+  SvdRun result{args.rank, plan.method, plan.gram};
+  if (plan.method == GpuSvdMethod::Randomized) detail::run_randomized<T>(st, plan, args, ws, stream);
+  else if (plan.gram) detail::run_gram_subspace<T>(st, plan, args, ws, stream);
+  else if (plan.method == GpuSvdMethod::Subspace) detail::run_subspace<T>(st, plan, args, ws, stream);
+  else result.rank = detail::run_exact<T>(st, plan, args, ws, stream);
+  end_run(args, plan, result.rank, workspace, stream);
   return result;
 }
 

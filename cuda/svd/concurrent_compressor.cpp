@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <string>
 
+#include "svd_plan.hpp"
 #include "xkv/cuda/device.hpp"
 
 namespace xkv::cuda {
@@ -13,6 +14,9 @@ struct ConcurrentCompressor<T>::State {
   GpuCompressorOptions options;
   std::vector<std::unique_ptr<Stream>> lanes;
   std::vector<DeviceBuffer<char>> workspaces;  ///< one per lane
+  std::vector<DeviceBuffer<char>> job_workspaces;  ///< lockstep jobs: one per job slot
+  bool lockstep = false;
+  std::vector<std::size_t> lane_of;  ///< the last run's lane of each job
   std::vector<std::unique_ptr<Compressor<T>>> compressors;  ///< one per job slot, kept across runs
   cudaEvent_t fork = nullptr;
   std::vector<cudaEvent_t> joins;  ///< one per lane
@@ -26,13 +30,14 @@ struct ConcurrentCompressor<T>::State {
 };
 
 template <class T>
-ConcurrentCompressor<T>::ConcurrentCompressor(GpuCompressorOptions options, int lanes)
+ConcurrentCompressor<T>::ConcurrentCompressor(GpuCompressorOptions options, int lanes, bool lockstep)
     : state_(std::make_unique<State>()) {
   options.validate();
   XKV_REQUIRE(lanes >= 1 && lanes <= 64, "ConcurrentCompressor: lanes must be in [1, 64], got " << lanes);
   if (options.cholesky_ctas == 0) options.cholesky_ctas = kDefaultCholeskyCtas;
   State& s = *state_;
   s.options = options;
+  s.lockstep = lockstep;
   XKV_CUDA_CHECK(cudaEventCreateWithFlags(&s.fork, cudaEventDisableTiming));
   for (int i = 0; i < lanes; ++i) {
     s.lanes.push_back(std::make_unique<Stream>());
@@ -54,17 +59,54 @@ std::vector<SvdRun> ConcurrentCompressor<T>::run(std::span<const SvdArguments<T>
   State& s = *state_;
   const std::size_t lanes = s.lanes.size();
   while (s.compressors.size() < jobs.size()) s.compressors.push_back(std::make_unique<Compressor<T>>(s.options));
-  // Every check before anything is enqueued.
-  std::vector<std::size_t> needed(lanes, 0);
+  while (s.job_workspaces.size() < jobs.size()) s.job_workspaces.emplace_back();
+  // Every check, and the schedule, before anything is enqueued: lockstep batches (same rank,
+  // Gram product, at most kMaxCholeskyBatch) one lane each, then the other jobs round-robin.
+  std::vector<std::vector<std::size_t>> batches;
+  std::vector<std::size_t> singles, bytes(jobs.size(), 0);
   for (std::size_t j = 0; j < jobs.size(); ++j) {
     try {
       XKV_REQUIRE(jobs[j].rank > 0, "rank must be fixed (> 0) here, got " << jobs[j].rank
                                                                          << ": an energy rank synchronises");
-      needed[j % lanes] = std::max(needed[j % lanes], s.compressors[j]->workspace_bytes(jobs[j]));
+      Compressor<T>& c = *s.compressors[j];
+      bytes[j] = c.workspace_bytes(jobs[j]);
+      const bool gram = s.lockstep && c.method_for(jobs[j]) == GpuSvdMethod::Subspace && c.gram_product_for(jobs[j]);
+      if (!gram) {
+        singles.push_back(j);
+        continue;
+      }
+      auto open = std::find_if(batches.begin(), batches.end(), [&](const std::vector<std::size_t>& b) {
+        return jobs[b.front()].rank == jobs[j].rank && b.size() < std::size_t(detail::kMaxCholeskyBatch);
+      });
+      if (open == batches.end()) batches.emplace_back(1, j);
+      else open->push_back(j);
     } catch (const Error& e) {  // name the job, keep the kind
       throw Error(e.kind(), "ConcurrentCompressor::run: job " + std::to_string(j) + ": " + e.what());
     }
   }
+  // Lanes round-robin over the batches' jobs (each job's GEMMs on its own lane; a batch's
+  // factorisations on its first job's lane), then over the other jobs.
+  s.lane_of.assign(jobs.size(), 0);
+  std::vector<std::size_t> needed(lanes, 0);
+  std::size_t next_lane = 0;
+  for (const auto& b : batches)
+    for (std::size_t j : b) s.lane_of[j] = next_lane++ % lanes;
+  for (std::size_t j : singles) {
+    const std::size_t lane = next_lane++ % lanes;
+    s.lane_of[j] = lane;
+    needed[lane] = std::max(needed[lane], bytes[j]);
+  }
+  bool grow_jobs = false;
+  for (const auto& b : batches)
+    for (std::size_t j : b) grow_jobs |= s.job_workspaces[j].bytes() < bytes[j];
+  if (grow_jobs)
+    for (auto& lane : s.lanes) lane->synchronize();  // earlier runs may still use the old buffers
+  for (const auto& b : batches)
+    for (std::size_t j : b)
+      if (s.job_workspaces[j].bytes() < bytes[j]) {
+        s.job_workspaces[j] = DeviceBuffer<char>();
+        s.job_workspaces[j] = DeviceBuffer<char>(bytes[j]);
+      }
   for (std::size_t lane = 0; lane < lanes; ++lane) {
     if (s.workspaces[lane].bytes() >= needed[lane]) continue;
     s.lanes[lane]->synchronize();  // the previous run's jobs on this lane may still use the old buffer
@@ -73,12 +115,30 @@ std::vector<SvdRun> ConcurrentCompressor<T>::run(std::span<const SvdArguments<T>
   }
   XKV_CUDA_CHECK(cudaEventRecord(s.fork, stream));
   for (auto& lane : s.lanes) XKV_CUDA_CHECK(cudaStreamWaitEvent(lane->get(), s.fork));
-  std::vector<SvdRun> runs;
-  runs.reserve(jobs.size());
-  for (std::size_t j = 0; j < jobs.size(); ++j) {
-    const std::size_t lane = j % lanes;
-    runs.push_back(s.compressors[j]->run(jobs[j], s.workspaces[lane].get(), s.workspaces[lane].bytes(),
-                                         s.lanes[lane]->get()));
+  std::vector<SvdRun> runs(jobs.size());
+  for (const auto& batch : batches) {
+    auto lane_stream = [&](std::size_t j) { return s.lanes[s.lane_of[j]]->get(); };
+    std::vector<detail::Plan> plans;
+    plans.reserve(batch.size());
+    for (std::size_t j : batch)
+      plans.push_back(s.compressors[j]->begin_run(jobs[j], s.job_workspaces[j].get(), s.job_workspaces[j].bytes(),
+                                                  lane_stream(j)));
+    std::vector<detail::GramJob<T>> gram_jobs;
+    for (std::size_t i = 0; i < batch.size(); ++i) {
+      const std::size_t j = batch[i];
+      gram_jobs.push_back({s.compressors[j]->state_.get(), &plans[i], &jobs[j],
+                           detail::Workspace{s.job_workspaces[j].get()}, lane_stream(j)});
+    }
+    detail::run_gram_subspace_lockstep<T>(gram_jobs, lane_stream(batch.front()));
+    for (std::size_t i = 0; i < batch.size(); ++i) {
+      const std::size_t j = batch[i];
+      s.compressors[j]->end_run(jobs[j], plans[i], jobs[j].rank, s.job_workspaces[j].get(), lane_stream(j));
+      runs[j] = SvdRun{jobs[j].rank, GpuSvdMethod::Subspace, true};
+    }
+  }
+  for (std::size_t j : singles) {
+    const std::size_t lane = s.lane_of[j];
+    runs[j] = s.compressors[j]->run(jobs[j], s.workspaces[lane].get(), s.workspaces[lane].bytes(), s.lanes[lane]->get());
   }
   for (std::size_t lane = 0; lane < lanes; ++lane) {
     XKV_CUDA_CHECK(cudaEventRecord(s.joins[lane], s.lanes[lane]->get()));
@@ -94,7 +154,7 @@ void ConcurrentCompressor<T>::check(cudaStream_t stream) const {
   XKV_CUDA_CHECK(cudaStreamSynchronize(stream));
   for (std::size_t j = 0; j < s.last_jobs; ++j) {
     try {
-      s.compressors[j]->check(s.lanes[j % s.lanes.size()]->get());
+      s.compressors[j]->check(s.lanes[s.lane_of[j]]->get());
     } catch (const Error& e) {
       throw Error(e.kind(), "ConcurrentCompressor: job " + std::to_string(j) + ": " + e.what());
     }
@@ -110,6 +170,7 @@ template <class T>
 std::size_t ConcurrentCompressor<T>::workspace_bytes() const {
   std::size_t total = 0;
   for (const auto& w : state_->workspaces) total += w.bytes();
+  for (const auto& w : state_->job_workspaces) total += w.bytes();
   return total;
 }
 

@@ -89,9 +89,97 @@ void run_gram_subspace(CompressorState& st, const Plan& plan, const SvdArguments
   finish_subspace(st, plan, tab, args, v, stage, partials, energies, stream);
 }
 
+template <class T>
+void run_gram_subspace_lockstep(std::span<const GramJob<T>> jobs, cudaStream_t factor_stream) {
+  XKV_REQUIRE(!jobs.empty() && jobs.size() <= std::size_t(kMaxCholeskyBatch),
+              "run_gram_subspace_lockstep: " << jobs.size() << " jobs, at most " << kMaxCholeskyBatch);
+  struct Buffers {
+    LayerTable<T> tab;
+    T* stage;
+    float *gram, *z, *v32;
+    double *zd, *vd, *g, *partials, *energies;
+    T* v;
+    int* info;
+    CholeskyWorkspace chol;
+  };
+  const int r = jobs[0].plan->rank;
+  const int rounds = jobs[0].plan->power_iterations + 1;
+  std::vector<Buffers> bufs;
+  for (const GramJob<T>& job : jobs) {
+    const Plan& plan = *job.plan;
+    XKV_REQUIRE(plan.gram && plan.rank == r && plan.power_iterations + 1 == rounds,
+                "run_gram_subspace_lockstep: jobs must all take the Gram product with one rank and round count");
+    const Workspace& ws = job.ws;
+    bufs.push_back({make_table(job.args->layers), ws.get<T>(plan.off_stage), ws.get<float>(plan.off_gram),
+                    ws.get<float>(plan.off_z), ws.get<float>(plan.off_v32), ws.get<double>(plan.off_zd),
+                    ws.get<double>(plan.off_vd), ws.get<double>(plan.off_g), ws.get<double>(plan.off_partials),
+                    ws.get<double>(plan.off_energies), ws.get<T>(plan.off_v), ws.get<int>(plan.off_info),
+                    carve_cholesky(*job.st, ws.get<double>(plan.off_chol), r)});
+  }
+  // One event per job (its Gram of Z is ready) and one for the batch's factors; re-recording an
+  // event is safe once the waits on its previous record are enqueued.
+  std::vector<cudaEvent_t> ready(jobs.size(), nullptr);
+  cudaEvent_t factored = nullptr;
+  auto release = [&] {
+    for (cudaEvent_t e : ready)
+      if (e) (void)cudaEventDestroy(e);
+    if (factored) (void)cudaEventDestroy(factored);
+  };
+  try {
+    for (cudaEvent_t& e : ready) XKV_CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+    XKV_CUDA_CHECK(cudaEventCreateWithFlags(&factored, cudaEventDisableTiming));
+    for (std::size_t j = 0; j < jobs.size(); ++j) {  // the bulk: every G, and the starts of run_gram_subspace
+      const GramJob<T>& job = jobs[j];
+      Buffers& b = bufs[j];
+      const std::int64_t d = job.plan->d;
+      gram_of_x(*job.st, *job.plan, b.tab, b.stage, b.gram, job.args->energies ? b.partials : nullptr, job.stream);
+      gaussian_kernel<T><<<grid_for(d * r), kThreads, 0, job.stream>>>(b.v, d * r, job.st->seed);
+      check_launch();
+      convert(b.v, b.v32, d * r, job.stream);
+    }
+    std::vector<CholeskyTask> tasks(jobs.size());
+    for (int round = 0; round < rounds; ++round) {
+      for (std::size_t j = 0; j < jobs.size(); ++j) {
+        const GramJob<T>& job = jobs[j];
+        Buffers& b = bufs[j];
+        const std::int64_t d = job.plan->d;
+        gemm(job.st->blas, CUBLAS_OP_N, CUBLAS_OP_N, d, r, d, b.gram, CUDA_R_32F, d, b.v32, CUDA_R_32F, d, 0.0f, b.z,
+             CUDA_R_32F, d, CUBLAS_COMPUTE_32F_FAST_TF32);
+        cholesky_qr_gram(*job.st, b.z, d, r, job.plan->fp64_rows, b.zd, b.g, job.stream,
+                         round == 0 ? b.info + kNonFiniteSlot : nullptr);
+        XKV_CUDA_CHECK(cudaEventRecord(ready[j], job.stream));
+        XKV_CUDA_CHECK(cudaStreamWaitEvent(factor_stream, ready[j]));
+        tasks[j] = {b.g, b.chol, b.info + round};
+      }
+      cholesky_inverse_batched(tasks, r, factor_stream);
+      XKV_CUDA_CHECK(cudaEventRecord(factored, factor_stream));
+      for (std::size_t j = 0; j < jobs.size(); ++j) {
+        const GramJob<T>& job = jobs[j];
+        Buffers& b = bufs[j];
+        const std::int64_t d = job.plan->d;
+        XKV_CUDA_CHECK(cudaStreamWaitEvent(job.stream, factored));
+        if (round + 1 < rounds)
+          cholesky_qr_apply(*job.st, b.z, b.v32, d, r, job.plan->fp64_rows, b.zd, b.vd, b.chol, job.stream);
+        else  // the last basis goes straight to T: it is B^T and the right factor of A = X V
+          cholesky_qr_apply(*job.st, b.z, b.v, d, r, job.plan->fp64_rows, b.zd, b.vd, b.chol, job.stream);
+      }
+    }
+    for (std::size_t j = 0; j < jobs.size(); ++j) {
+      Buffers& b = bufs[j];
+      finish_subspace(*jobs[j].st, *jobs[j].plan, b.tab, *jobs[j].args, b.v, b.stage, b.partials, b.energies,
+                      jobs[j].stream);
+    }
+  } catch (...) {
+    release();
+    throw;
+  }
+  release();
+}
+
 #define XKV_INSTANTIATE_GRAM(T)                                                                              \
   template void run_gram_subspace<T>(CompressorState&, const Plan&, const SvdArguments<T>&, const Workspace&, \
-                                     cudaStream_t);
+                                     cudaStream_t);                                                         \
+  template void run_gram_subspace_lockstep<T>(std::span<const GramJob<T>>, cudaStream_t);
 XKV_INSTANTIATE_GRAM(__nv_bfloat16)
 XKV_INSTANTIATE_GRAM(__half)
 XKV_INSTANTIATE_GRAM(float)

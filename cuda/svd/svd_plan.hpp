@@ -9,6 +9,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <span>
 #include <type_traits>
 #include <vector>
 
@@ -115,6 +116,22 @@ void run_gram_subspace(CompressorState& st, const Plan& plan, const SvdArguments
 template <class T>
 int run_exact(CompressorState& st, const Plan& plan, const SvdArguments<T>& args, const Workspace& ws,
               cudaStream_t stream);
+/// One job of run_gram_subspace_lockstep: a run's state, plan, arguments and workspace.
+template <class T>
+struct GramJob {
+  CompressorState* st = nullptr;
+  const Plan* plan = nullptr;
+  const SvdArguments<T>* args = nullptr;
+  Workspace ws;
+  cudaStream_t stream = nullptr;  ///< the job's own stream; its cuBLAS handle is set to it
+};
+/// run_gram_subspace for up to kMaxCholeskyBatch jobs of one rank at once: each job's steps on its
+/// own stream (G, then each round's GEMMs, then A and B), but each round's factorisations as ONE
+/// batched Cholesky launch on `factor_stream` (one chain of grid barriers per round instead of one
+/// per job), joined and forked by events. The results are those of separate runs.
+template <class T>
+void run_gram_subspace_lockstep(std::span<const GramJob<T>> jobs, cudaStream_t factor_stream);
+
 /// bt (layers blocks of [width x ld]) = each [r x width] block of b transposed.
 template <class T>
 void transpose_b_blocks(const T* b, int layers, int r, int width, T* bt, std::int64_t ld, cudaStream_t stream);

@@ -125,10 +125,10 @@ void convert_block(const Src* in, std::int64_t ld_in, Dst* out, std::int64_t ld_
 /// chunks of at most chunk_rows, so that no fp64 copy of the whole of z is needed: R^T R = z^T z +
 /// shift summed chunk by chunk into g, then out = z R^{-1} chunk by chunk (zc, vc: chunk_rows x k
 /// fp64 each). With one chunk z is converted once. `nonfinite` flags NaN or Inf in z (through g).
-template <class Out>
-void cholesky_qr_chunked(CompressorState& st, const float* z, Out* out, std::int64_t rows, int k,
-                         std::int64_t chunk_rows, double* zc, double* vc, double* g, const CholeskyWorkspace& chol,
-                         int* info, cudaStream_t stream, int* nonfinite = nullptr) {
+/// In two halves around the factorisation, so that groups run in lockstep can share one batched
+/// Cholesky launch: cholesky_qr_gram, then cholesky_inverse(_batched) of g, then cholesky_qr_apply.
+inline void cholesky_qr_gram(CompressorState& st, const float* z, std::int64_t rows, int k, std::int64_t chunk_rows,
+                             double* zc, double* g, cudaStream_t stream, int* nonfinite = nullptr) {
   const double one = 1.0, zero = 0.0;
   const std::int64_t chunks = (rows + chunk_rows - 1) / chunk_rows;
   for (std::int64_t c = 0; c < chunks; ++c) {
@@ -141,7 +141,16 @@ void cholesky_qr_chunked(CompressorState& st, const float* z, Out* out, std::int
     flag_nonfinite_kernel<double><<<1, 256, 0, stream>>>(g, k, nonfinite, k + 1);
     check_launch();
   }
-  factor_shifted(g, k, chol, info, stream);
+  shift_diagonal_kernel<<<1, 1024, 0, stream>>>(g, k, kCholeskyShift, kCholeskyFloor);
+  check_launch();
+}
+
+template <class Out>
+void cholesky_qr_apply(CompressorState& st, const float* z, Out* out, std::int64_t rows, int k,
+                       std::int64_t chunk_rows, double* zc, double* vc, const CholeskyWorkspace& chol,
+                       cudaStream_t stream) {
+  const double one = 1.0, zero = 0.0;
+  const std::int64_t chunks = (rows + chunk_rows - 1) / chunk_rows;
   for (std::int64_t c = 0; c < chunks; ++c) {
     const std::int64_t r0 = c * chunk_rows, rc = std::min(chunk_rows, rows - r0);
     if (chunks > 1) convert_block(z + r0, rows, zc, rc, rc, k, stream);
@@ -149,6 +158,15 @@ void cholesky_qr_chunked(CompressorState& st, const float* z, Out* out, std::int
                                chol.padded, &zero, vc, int(rc)));
     convert_block(vc, rc, out + r0, rows, rc, k, stream);
   }
+}
+
+template <class Out>
+void cholesky_qr_chunked(CompressorState& st, const float* z, Out* out, std::int64_t rows, int k,
+                         std::int64_t chunk_rows, double* zc, double* vc, double* g, const CholeskyWorkspace& chol,
+                         int* info, cudaStream_t stream, int* nonfinite = nullptr) {
+  cholesky_qr_gram(st, z, rows, k, chunk_rows, zc, g, stream, nonfinite);
+  cholesky_inverse(g, k, chol, info, stream);
+  cholesky_qr_apply(st, z, out, rows, k, chunk_rows, zc, vc, chol, stream);
 }
 
 /// Rows [t0, t0 + rows) of X as a row-major matrix with leading dimension `ld`: X itself when the

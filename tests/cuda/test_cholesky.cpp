@@ -105,6 +105,52 @@ TEST(GpuCholesky, CappedGridGivesTheSameFactors) {
   }
 }
 
+// One launch for several matrices of one size (the lockstep rounds of several groups): every
+// factor and inverse bit-identical to the matrix's own launch, and a failed pivot reported for
+// its own matrix only.
+TEST(GpuCholesky, BatchedLaunchGivesEachMatrixItsOwnFactors) {
+  XKV_SKIP_WITHOUT_GPU();
+  for (const int k : {33, 257}) {
+    SCOPED_TRACE(::testing::Message() << "k=" << k << " seed=" << test_seed());
+    const int count = 5;
+    std::vector<Eigen::MatrixXd> grams;
+    for (int m = 0; m < count; ++m) grams.push_back(spd_matrix(k, m == 3 ? 1e9 : 1e5, test_seed() + 70 + std::uint64_t(k + m)));
+    grams[2](k / 2, k / 2) = -1.0;  // not positive definite: its pivot fails
+    std::vector<Factored> alone;
+    for (const auto& g : grams) alone.push_back(factor_on_device(g));
+    std::vector<cuda::DeviceBuffer<double>> gram, work;
+    cuda::DeviceBuffer<int> info(count);
+    cuda::Stream stream;
+    std::vector<cuda::detail::CholeskyTask> tasks;
+    for (int m = 0; m < count; ++m) {
+      gram.emplace_back(std::size_t(k) * k);
+      work.emplace_back(cuda::detail::CholeskyWorkspace::doubles(k));
+      XKV_CUDA_CHECK(cudaMemcpyAsync(gram.back().get(), grams[std::size_t(m)].data(), gram.back().bytes(),
+                                     cudaMemcpyHostToDevice, stream.get()));
+      XKV_CUDA_CHECK(cudaMemsetAsync(work.back().get(), 0xff, work.back().bytes(), stream.get()));
+      tasks.push_back({gram.back().get(), cuda::detail::CholeskyWorkspace::carve(work.back().get(), k), info.get() + m});
+    }
+    XKV_CUDA_CHECK(cudaMemsetAsync(info.get(), 0, count * sizeof(int), stream.get()));
+    cuda::detail::cholesky_inverse_batched(tasks, k, stream.get());
+    stream.synchronize();
+    std::vector<int> infos(count);
+    XKV_CUDA_CHECK(cudaMemcpy(infos.data(), info.get(), count * sizeof(int), cudaMemcpyDeviceToHost));
+    for (int m = 0; m < count; ++m) {
+      SCOPED_TRACE(::testing::Message() << "matrix " << m);
+      EXPECT_EQ(infos[std::size_t(m)], alone[std::size_t(m)].info);
+      EXPECT_EQ(infos[std::size_t(m)] != 0, m == 2);
+      const int ld = tasks[std::size_t(m)].ws.padded;
+      std::vector<double> l(std::size_t(ld) * ld), w(l.size());
+      XKV_CUDA_CHECK(cudaMemcpy(l.data(), tasks[std::size_t(m)].ws.l, l.size() * sizeof(double), cudaMemcpyDeviceToHost));
+      XKV_CUDA_CHECK(cudaMemcpy(w.data(), tasks[std::size_t(m)].ws.w, w.size() * sizeof(double), cudaMemcpyDeviceToHost));
+      if (m == 2) continue;  // a failed factorisation's output is meaningless
+      const Eigen::Map<Eigen::MatrixXd> lp(l.data(), ld, ld), wp(w.data(), ld, ld);
+      EXPECT_EQ((lp.topLeftCorner(k, k) - alone[std::size_t(m)].l).norm(), 0.0);
+      EXPECT_EQ((wp.topLeftCorner(k, k) - alone[std::size_t(m)].w).norm(), 0.0);
+    }
+  }
+}
+
 TEST(GpuCholesky, PivotFailuresAreReported) {
   XKV_SKIP_WITHOUT_GPU();
   Eigen::MatrixXd g = spd_matrix(70, 10.0, test_seed() + 1);

@@ -27,14 +27,21 @@ std::vector<Job> make_jobs() {
   jobs.push_back({upload<__nv_bfloat16>(spectrum_matrix(500, 384, 0.8, seed + 33), 3, 2, 64, Layout::TokenMajorPadded), 33});
   jobs.push_back({upload<__nv_bfloat16>(spectrum_matrix(77, 18, 0.5, seed + 34), 3, 1, 6, Layout::HeadMajor), 5});
   jobs.push_back({upload<__nv_bfloat16>(spectrum_matrix(1200, 192, 0.7, seed + 35), 2, 3, 32, Layout::Interleaved), 17});
+  // The Gram product at job 0's rank: in lockstep, jobs 0 and 5 share a batch.
+  jobs.push_back({upload<__nv_bfloat16>(spectrum_matrix(2600, 256, 0.8, seed + 36), 2, 4, 32, Layout::TokenMajorPadded), 24});
   return jobs;
 }
 
 TEST(GpuSvdConcurrent, LanesGiveTheBytesOfSeparateRuns) {
   XKV_SKIP_WITHOUT_GPU();
   const auto jobs = make_jobs();
+  // Auto: sketches for the small jobs; Gram for all, so that lockstep batches every job by rank
+  // (jobs 0 and 5 share one).
+  for (const auto product : {cuda::SubspaceProduct::Auto, cuda::SubspaceProduct::Gram}) {
+  SCOPED_TRACE(product == cuda::SubspaceProduct::Gram ? "Gram product for every job" : "automatic product");
   GpuCompressorOptions opt;
   opt.seed = test_seed();
+  opt.subspace_product = product;
   // Alone, one after another, with the default (uncapped) Cholesky grid.
   std::vector<HostFactors> alone;
   for (const Job& job : jobs) {
@@ -49,9 +56,10 @@ TEST(GpuSvdConcurrent, LanesGiveTheBytesOfSeparateRuns) {
     (void)svd.compress_stream(args, stream.get());
     alone.push_back(fetch(f, job.group.n, job.group.layers, job.group.width(), job.rank));
   }
+  for (const bool lockstep : {false, true})
   for (const int lanes : {1, 2, 3}) {
-    SCOPED_TRACE(::testing::Message() << "lanes " << lanes);
-    cuda::ConcurrentCompressor<__nv_bfloat16> all(opt, lanes);
+    SCOPED_TRACE(::testing::Message() << "lanes " << lanes << (lockstep ? ", lockstep" : ""));
+    cuda::ConcurrentCompressor<__nv_bfloat16> all(opt, lanes, lockstep);
     EXPECT_EQ(all.options().cholesky_ctas, cuda::ConcurrentCompressor<__nv_bfloat16>::kDefaultCholeskyCtas);
     std::vector<std::unique_ptr<DeviceFactors<__nv_bfloat16>>> outputs;
     std::vector<cuda::SvdArguments<__nv_bfloat16>> args(jobs.size());
@@ -72,6 +80,9 @@ TEST(GpuSvdConcurrent, LanesGiveTheBytesOfSeparateRuns) {
       const auto runs = all.run(args, stream.get());
       all.check(stream.get());
       ASSERT_EQ(runs.size(), jobs.size());
+      if (product == cuda::SubspaceProduct::Gram) {
+        for (const auto& run : runs) EXPECT_TRUE(run.gram_product);
+      }
       for (std::size_t j = 0; j < jobs.size(); ++j) {
         EXPECT_EQ(runs[j].rank, jobs[j].rank);
         const HostFactors h = fetch(*outputs[j], jobs[j].group.n, jobs[j].group.layers, jobs[j].group.width(), jobs[j].rank);
@@ -79,6 +90,7 @@ TEST(GpuSvdConcurrent, LanesGiveTheBytesOfSeparateRuns) {
       }
     }
     EXPECT_GT(all.workspace_bytes(), 0u);
+  }
   }
 }
 

@@ -124,7 +124,10 @@ struct DeviceFactorOutputs {
 
 namespace detail {
 struct CompressorState;  // handles, host workspace, pinned status words
+struct Plan;             // the buffers and steps of one run
 }
+template <class T>
+class ConcurrentCompressor;
 
 /// Truncated SVD of layer groups on one device. T is the storage type of inputs and factors:
 /// __nv_bfloat16, __half or float. Not thread-safe: one run at a time per object. To compress
@@ -168,6 +171,12 @@ class Compressor {
   [[nodiscard]] const GpuCompressorOptions& options() const { return options_; }
 
  private:
+  friend class ConcurrentCompressor<T>;  // runs Gram-product jobs of several Compressors in lockstep
+  /// run() around its method: checks, plan, streams, status words cleared / the optional B^T and
+  /// the status words copied back.
+  detail::Plan begin_run(const SvdArguments<T>& args, void* workspace, std::size_t workspace_size, cudaStream_t stream);
+  void end_run(const SvdArguments<T>& args, const detail::Plan& plan, int rank, void* workspace, cudaStream_t stream);
+
   GpuCompressorOptions options_;
   std::unique_ptr<detail::CompressorState> state_;
 };

@@ -30,7 +30,11 @@ class ConcurrentCompressor {
   /// several jobs leave most SMs to the others' GEMMs (the best of 1-32 measured on an H200).
   static constexpr int kDefaultCholeskyCtas = 16;
 
-  explicit ConcurrentCompressor(GpuCompressorOptions options = {}, int lanes = kDefaultLanes);
+  /// lockstep: jobs that take the Gram product with the same rank run as batches of up to 16 on
+  /// one lane each: every G first, then each round's GEMMs around ONE batched Cholesky launch
+  /// for the batch (one chain of grid barriers per round instead of one per job). Such jobs get a
+  /// workspace each (no sharing within a lane); results are the bytes of separate runs.
+  explicit ConcurrentCompressor(GpuCompressorOptions options = {}, int lanes = kDefaultLanes, bool lockstep = false);
   ~ConcurrentCompressor();
   ConcurrentCompressor(ConcurrentCompressor&&) noexcept;
   ConcurrentCompressor& operator=(ConcurrentCompressor&&) noexcept;
