@@ -229,9 +229,9 @@ void bm_whole_model(benchmark::State& state, int streams, int cholesky_ctas) {
   state.counters["workspace_GiB"] = workspace_bytes / double(1 << 30);
 }
 
-/// The same 16 factorisations through xkv::cuda::ConcurrentCompressor (its defaults: 8 lanes,
-/// Cholesky capped at 16 CTAs).
-void bm_whole_model_concurrent(benchmark::State& state, bool lockstep) {
+/// The same 16 factorisations through xkv::cuda::ConcurrentCompressor (Cholesky capped at its
+/// default 16 CTAs), with and without lockstep batches, on 8 or 16 lanes.
+void bm_whole_model_concurrent(benchmark::State& state, int lanes, bool lockstep) {
   if (!xkv::cuda::device_available()) {
     state.SkipWithError("no CUDA device");
     return;
@@ -251,9 +251,7 @@ void bm_whole_model_concurrent(benchmark::State& state, bool lockstep) {
     jobs[f].layers = layers[f];
     jobs[f].rank = rank;
   }
-  // Lockstep: a lane per job, so that one batch's rounds do not queue behind the other's G.
-  xkv::cuda::ConcurrentCompressor<bf16> all({}, lockstep ? kModelFactorisations : xkv::cuda::ConcurrentCompressor<bf16>::kDefaultLanes,
-                                            lockstep);
+  xkv::cuda::ConcurrentCompressor<bf16> all({}, lanes, lockstep);
   xkv::cuda::Stream stream;
   (void)all.run(jobs, stream.get());  // warm-up, and the workspaces
   all.check(stream.get());
@@ -300,10 +298,12 @@ int main(int argc, char** argv) {
                                    bm_whole_model, streams, ctas)
           ->UseManualTime()->Unit(benchmark::kMillisecond)->Iterations(3)->Repetitions(3)->ReportAggregatesOnly(true);
     }
-  for (const bool lockstep : {false, true})
-    benchmark::RegisterBenchmark((std::string("gpu_svd_whole_model_32k_concurrent_compressor") + (lockstep ? "/lockstep" : "")).c_str(),
-                                 bm_whole_model_concurrent, lockstep)
-        ->UseManualTime()->Unit(benchmark::kMillisecond)->Iterations(3)->Repetitions(3)->ReportAggregatesOnly(true);
+  for (const int lanes : {8, 16})
+    for (const bool lockstep : {false, true})
+      benchmark::RegisterBenchmark(("gpu_svd_whole_model_32k_concurrent_compressor/lanes=" + std::to_string(lanes) +
+                                    (lockstep ? "/lockstep" : "")).c_str(),
+                                   bm_whole_model_concurrent, lanes, lockstep)
+          ->UseManualTime()->Unit(benchmark::kMillisecond)->Iterations(3)->Repetitions(3)->ReportAggregatesOnly(true);
   benchmark::Initialize(&argc, argv);
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();

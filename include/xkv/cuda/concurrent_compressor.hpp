@@ -30,10 +30,13 @@ class ConcurrentCompressor {
   /// several jobs leave most SMs to the others' GEMMs (the best of 1-32 measured on an H200).
   static constexpr int kDefaultCholeskyCtas = 16;
 
-  /// lockstep: jobs that take the Gram product with the same rank run as batches of up to 16 on
-  /// one lane each: every G first, then each round's GEMMs around ONE batched Cholesky launch
-  /// for the batch (one chain of grid barriers per round instead of one per job). Such jobs get a
-  /// workspace each (no sharing within a lane); results are the bytes of separate runs.
+  /// lockstep: jobs that take the Gram product with the same rank run as batches of up to 16:
+  /// every job's GEMMs on its own lane (round-robin), and each round's factorisations as ONE
+  /// batched Cholesky launch for the batch (one chain of grid barriers per round instead of one
+  /// per job), joined to and forked from the jobs' lanes by events. Such jobs get a workspace each
+  /// (they run at the same time, so a lane cannot share one): on an H200 the 16 factorisations
+  /// above take 40.6 ms with 1.94 GiB against 44.6 ms with 0.97 GiB without lockstep. Results are
+  /// the bytes of separate runs either way.
   explicit ConcurrentCompressor(GpuCompressorOptions options = {}, int lanes = kDefaultLanes, bool lockstep = false);
   ~ConcurrentCompressor();
   ConcurrentCompressor(ConcurrentCompressor&&) noexcept;
