@@ -1,0 +1,110 @@
+// Gathered decode-sized selections (1100-2048 tokens of 8 column tiles): on an H200 they take the
+// wgmma kernel's 128-row tiles (more 64-row tiles than SMs), which the short gathered tests do not
+// reach. Ranks of 2 and 9 k steps, computed and tabulated cos/sin, both pair styles; and positions
+// outside a caller's table on every kernel (NaN rows, kBadPosition).
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+#include "reconstruct_case.hpp"
+
+namespace {
+
+using namespace xkv_test::reconstruct;
+
+TEST(CudaReconstruct, GatheredDecodeSizedSelections) {
+  SKIP_WITHOUT_GPU();
+  std::uint64_t salt = 700;
+  for (ScalarType dtype : kTypes)
+    for (int d : {64, 128})
+      for (auto style : {xkv::RopeStyle::HalfSplit, xkv::RopeStyle::Interleaved})
+        for (bool table : {false, true}) {
+          Rng rng(salt);
+          Case c;
+          c.dtype = dtype;
+          c.head_dim = d;
+          c.heads = 1024 / d;  // 8 column tiles of 128
+          c.a_rows = 5000;
+          // 2 k steps, or 9 (a partial last step)
+          c.rank = (d == 128 && style == xkv::RopeStyle::HalfSplit && !table) ? 520 : 100;
+          c.rope = rope(style, style == xkv::RopeStyle::Interleaved ? d / 2 : 0);
+          c.table = table;
+          c.positions_array = table;
+          c.max_position = 30000;
+          c.position_offset = 11;
+          // 1100..2000 tokens: more than 132 64-row tiles of 8 column tiles, at most 132 of 128 rows
+          const std::int64_t count = 1100 + static_cast<std::int64_t>(rng.uniform() * 900.0);
+          for (std::int64_t i = 0; i < count; ++i)
+            c.indices.push_back(static_cast<std::int64_t>(rng.uniform() * double(c.a_rows)));
+          run_case(c, salt++);
+        }
+}
+
+TEST(CudaReconstruct, PositionsOutsideTheTableGiveNaNAndFlag) {
+  SKIP_WITHOUT_GPU();
+  const int heads = 8, d = 128, rank = 64;
+  // 2048 tokens (the 128-row tiles on an H200); rows 1, 2 and 1500 sit outside the table.
+  const std::int64_t a_rows = 50, table_positions = 100, tokens = 2048;
+  std::vector<std::int64_t> indices, positions;
+  for (std::int64_t t = 0; t < tokens; ++t) {
+    indices.push_back((t * 7) % a_rows);
+    positions.push_back((t * 3) % table_positions);
+  }
+  positions[1] = table_positions;
+  positions[2] = -3;
+  positions[1500] = std::int64_t(1) << 40;
+  auto bad = [](std::int64_t t) { return t == 1 || t == 2 || t == 1500; };
+  std::vector<std::uint16_t> ones_bits(std::size_t(a_rows) * rank, 0x3f80);  // bf16 1.0
+  const DeviceBuffer<std::uint16_t> a = upload(ones_bits);
+  DeviceBuffer<std::uint16_t> b(std::size_t(rank) * heads * d), bt(std::size_t(heads) * d * rank);
+  DeviceBuffer<std::uint16_t> out(std::size_t(tokens) * heads * d);
+  XKV_CUDA_CHECK(cudaMemset(b.get(), 0, b.bytes()));
+  XKV_CUDA_CHECK(cudaMemset(bt.get(), 0, bt.bytes()));
+  xkv::RopeConfig config = rope(xkv::RopeStyle::HalfSplit);
+  const xkv::RopeTable table = xkv::RopeTable::build(config, d, table_positions);
+  const DeviceBuffer<float> cos_d = upload(table.cos), sin_d = upload(table.sin);
+  const DeviceBuffer<std::int64_t> idx_d = upload(indices), pos_d = upload(positions);
+  DeviceBuffer<int> flag(1);
+  std::vector<xkv::cuda::KernelPath> paths = {xkv::cuda::KernelPath::MmaSync};
+  if (xkv::cuda::detail::have_sm90_kernels() && device_is_sm90()) paths.push_back(xkv::cuda::KernelPath::Wgmma);
+  for (const auto path : paths) {
+    XKV_CUDA_CHECK(cudaMemset(out.get(), 0xff, out.bytes()));  // poison
+    XKV_CUDA_CHECK(cudaMemset(flag.get(), 0, sizeof(int)));
+    XKV_CUDA_CHECK(cudaDeviceSynchronize());  // legacy-stream memsets done before the run stream reads
+    ReconstructParams p;
+    p.kernel = path;
+    p.a = a.get();
+    p.a_rows = a_rows;
+    p.lda = rank;
+    p.rank = rank;
+    p.b = b.get();
+    p.ldb = heads * d;
+    p.bt = bt.get();
+    p.ldbt = rank;
+    p.heads = heads;
+    p.head_dim = d;
+    p.tokens = tokens;
+    p.token_indices = idx_d.get();
+    p.positions = pos_d.get();
+    p.rope = config;
+    p.cos_table = cos_d.get();
+    p.sin_table = sin_d.get();
+    p.table_positions = table_positions;
+    p.out = OutputSpec::token_major(out.get(), tokens, heads, d);
+    p.error_flag = flag.get();
+    xkv::cuda::reconstruct(p);
+    XKV_CUDA_CHECK(cudaDeviceSynchronize());
+    const auto host = download(out, std::size_t(tokens) * heads * d);
+    EXPECT_EQ(download(flag, 1)[0], xkv::cuda::kBadPosition) << "path=" << int(path);
+    for (std::int64_t t = 0; t < tokens; ++t)
+      for (int i = 0; i < heads * d; ++i) {
+        const double v = from_bits(host[std::size_t(t * heads * d + i)], ScalarType::BFloat16);
+        if (bad(t))
+          ASSERT_TRUE(std::isnan(v)) << "token " << t << " element " << i << " path=" << int(path);
+        else
+          ASSERT_EQ(v, 0.0) << "token " << t << " element " << i << " path=" << int(path);  // B = 0
+      }
+  }
+}
+
+}  // namespace
