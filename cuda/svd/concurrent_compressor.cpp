@@ -54,48 +54,85 @@ ConcurrentCompressor<T>::ConcurrentCompressor(ConcurrentCompressor&&) noexcept =
 template <class T>
 ConcurrentCompressor<T>& ConcurrentCompressor<T>::operator=(ConcurrentCompressor&&) noexcept = default;
 
-template <class T>
-std::vector<SvdRun> ConcurrentCompressor<T>::run(std::span<const SvdArguments<T>> jobs, cudaStream_t stream) {
-  State& s = *state_;
-  const std::size_t lanes = s.lanes.size();
-  while (s.compressors.size() < jobs.size()) s.compressors.push_back(std::make_unique<Compressor<T>>(s.options));
-  while (s.job_workspaces.size() < jobs.size()) s.job_workspaces.emplace_back();
-  // Every check, and the schedule, before anything is enqueued: lockstep batches (same rank,
-  // Gram product, at most kMaxCholeskyBatch) one lane each, then the other jobs round-robin.
+namespace {
+
+/// Which jobs run where, and the workspace each needs: lockstep batches (same rank, Gram product,
+/// at most kMaxCholeskyBatch) with a buffer per job, every job's lane round-robin (the batches'
+/// jobs first), and per lane the largest of its other jobs. Checks every job (xkv::Error naming it).
+struct Schedule {
   std::vector<std::vector<std::size_t>> batches;
-  std::vector<std::size_t> singles, bytes(jobs.size(), 0);
+  std::vector<std::size_t> singles, job_bytes, lane_of, lane_bytes;
+
+  [[nodiscard]] std::size_t total_bytes() const {
+    std::size_t total = 0;
+    for (std::size_t b : lane_bytes) total += b;
+    for (const auto& batch : batches)
+      for (std::size_t j : batch) total += job_bytes[j];
+    return total;
+  }
+};
+
+template <class T>
+Schedule schedule_jobs(std::span<const SvdArguments<T>> jobs, std::size_t lanes, bool lockstep,
+                       const Compressor<T>& planner) {
+  Schedule plan;
+  plan.job_bytes.assign(jobs.size(), 0);
   for (std::size_t j = 0; j < jobs.size(); ++j) {
     try {
       XKV_REQUIRE(jobs[j].rank > 0, "rank must be fixed (> 0) here, got " << jobs[j].rank
                                                                          << ": an energy rank synchronises");
-      Compressor<T>& c = *s.compressors[j];
-      bytes[j] = c.workspace_bytes(jobs[j]);
-      const bool gram = s.lockstep && c.method_for(jobs[j]) == GpuSvdMethod::Subspace && c.gram_product_for(jobs[j]);
+      plan.job_bytes[j] = planner.workspace_bytes(jobs[j]);
+      const bool gram =
+          lockstep && planner.method_for(jobs[j]) == GpuSvdMethod::Subspace && planner.gram_product_for(jobs[j]);
       if (!gram) {
-        singles.push_back(j);
+        plan.singles.push_back(j);
         continue;
       }
-      auto open = std::find_if(batches.begin(), batches.end(), [&](const std::vector<std::size_t>& b) {
+      auto open = std::find_if(plan.batches.begin(), plan.batches.end(), [&](const std::vector<std::size_t>& b) {
         return jobs[b.front()].rank == jobs[j].rank && b.size() < std::size_t(detail::kMaxCholeskyBatch);
       });
-      if (open == batches.end()) batches.emplace_back(1, j);
+      if (open == plan.batches.end()) plan.batches.emplace_back(1, j);
       else open->push_back(j);
     } catch (const Error& e) {  // name the job, keep the kind
-      throw Error(e.kind(), "ConcurrentCompressor::run: job " + std::to_string(j) + ": " + e.what());
+      throw Error(e.kind(), "ConcurrentCompressor: job " + std::to_string(j) + ": " + e.what());
     }
   }
   // Lanes round-robin over the batches' jobs (each job's GEMMs on its own lane; a batch's
   // factorisations on its first job's lane), then over the other jobs.
-  s.lane_of.assign(jobs.size(), 0);
-  std::vector<std::size_t> needed(lanes, 0);
+  plan.lane_of.assign(jobs.size(), 0);
+  plan.lane_bytes.assign(lanes, 0);
   std::size_t next_lane = 0;
-  for (const auto& b : batches)
-    for (std::size_t j : b) s.lane_of[j] = next_lane++ % lanes;
-  for (std::size_t j : singles) {
+  for (const auto& b : plan.batches)
+    for (std::size_t j : b) plan.lane_of[j] = next_lane++ % lanes;
+  for (std::size_t j : plan.singles) {
     const std::size_t lane = next_lane++ % lanes;
-    s.lane_of[j] = lane;
-    needed[lane] = std::max(needed[lane], bytes[j]);
+    plan.lane_of[j] = lane;
+    plan.lane_bytes[lane] = std::max(plan.lane_bytes[lane], plan.job_bytes[j]);
   }
+  return plan;
+}
+
+}  // namespace
+
+template <class T>
+std::size_t ConcurrentCompressor<T>::workspace_bytes(std::span<const SvdArguments<T>> jobs) const {
+  const State& s = *state_;
+  return schedule_jobs<T>(jobs, s.lanes.size(), s.lockstep, Compressor<T>(s.options)).total_bytes();
+}
+
+template <class T>
+std::vector<SvdRun> ConcurrentCompressor<T>::run(std::span<const SvdArguments<T>> jobs, cudaStream_t stream) {
+  State& s = *state_;
+  const std::size_t lanes = s.lanes.size();
+  // Every check, and the schedule, before anything is enqueued.
+  Schedule plan = schedule_jobs<T>(jobs, lanes, s.lockstep, Compressor<T>(s.options));
+  while (s.compressors.size() < jobs.size()) s.compressors.push_back(std::make_unique<Compressor<T>>(s.options));
+  while (s.job_workspaces.size() < jobs.size()) s.job_workspaces.emplace_back();
+  const auto& batches = plan.batches;
+  const auto& singles = plan.singles;
+  const auto& bytes = plan.job_bytes;
+  const auto& needed = plan.lane_bytes;
+  s.lane_of = plan.lane_of;
   bool grow_jobs = false;
   for (const auto& b : batches)
     for (std::size_t j : b) grow_jobs |= s.job_workspaces[j].bytes() < bytes[j];

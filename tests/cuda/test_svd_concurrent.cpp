@@ -2,6 +2,7 @@
 // each job alone gives; bad jobs are reported by index before anything runs. Skips without a GPU.
 #include <gtest/gtest.h>
 
+#include <string>
 #include <vector>
 
 #include "test_svd_util.hpp"
@@ -71,6 +72,8 @@ TEST(GpuSvdConcurrent, LanesGiveTheBytesOfSeparateRuns) {
       args[j].b = outputs[j]->b.get();
     }
     cuda::Stream stream;
+    const std::size_t planned = all.workspace_bytes(args);
+    EXPECT_EQ(all.workspace_bytes(), 0u) << "the query allocates nothing";
     for (int repeat = 0; repeat < 2; ++repeat) {  // the second run reuses lanes, workspaces, compressors
       for (const auto& out : outputs) {  // poisoned again: the second run must write every byte too
         XKV_CUDA_CHECK(cudaMemset(out->a.get(), 0xFF, out->a.bytes()));
@@ -90,6 +93,7 @@ TEST(GpuSvdConcurrent, LanesGiveTheBytesOfSeparateRuns) {
       }
     }
     EXPECT_GT(all.workspace_bytes(), 0u);
+    EXPECT_EQ(all.workspace_bytes(), planned) << "run allocates what the query said";
   }
   }
 }
@@ -117,6 +121,12 @@ TEST(GpuSvdConcurrent, BadJobsAreNamedBeforeAnythingRuns) {
     EXPECT_NE(std::string(e.what()).find("SvdArguments.b"), std::string::npos) << e.what();
   }
   EXPECT_EQ(all.workspace_bytes(), 0u) << "nothing is allocated or enqueued for a bad set";
+  try {
+    (void)all.workspace_bytes(args);
+    ADD_FAILURE() << "no error from the workspace query for a null output";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("job 1"), std::string::npos) << e.what();
+  }
   args[1].b = f.b.get();
   args[1].rank = 0;
   args[1].energy_fraction = 0.9;

@@ -53,7 +53,11 @@ class ConcurrentCompressor {
   void check(cudaStream_t stream) const;
 
   [[nodiscard]] int lanes() const;
-  /// Device workspace the lanes hold now (the largest job of each lane, summed over the lanes).
+  /// Device workspace run(jobs) allocates on a fresh instance, known before anything is allocated
+  /// (the jobs are checked as run checks them): the largest job of each lane, summed over the
+  /// lanes, plus a buffer per lockstep job.
+  [[nodiscard]] std::size_t workspace_bytes(std::span<const SvdArguments<T>> jobs) const;
+  /// Device workspace held now (buffers only grow across runs).
   [[nodiscard]] std::size_t workspace_bytes() const;
   [[nodiscard]] const GpuCompressorOptions& options() const;
 
