@@ -8,9 +8,10 @@
 // Job j runs on lane j % lanes, a stream forked from the caller's, with a Compressor of its own
 // and the lane's workspace (the jobs of one lane run in order, so they share it). One job's
 // small-side steps (CholeskyQR: latency-bound) then overlap the other jobs' GEMMs: on an H200 the
-// 16 factorisations of a 32k-token Llama-3.1-8B prefill take 43.7 ms on 8 lanes against 64.7 ms one
-// after another (docs/PERFORMANCE.md). The outputs are bit-identical to running each job alone
-// with the same options.
+// 16 factorisations of a 32k-token Llama-3.1-8B prefill take 44 ms on 8 lanes against 64.7 ms one
+// after another, 41-42 ms in lockstep (below; docs/PERFORMANCE.md). The outputs are bit-identical to
+// running each job alone with the same options. workspace_bytes(jobs) says up front what a run
+// allocates.
 #pragma once
 
 #include <cstddef>
@@ -35,7 +36,7 @@ class ConcurrentCompressor {
   /// batched Cholesky launch for the batch (one chain of grid barriers per round instead of one
   /// per job), joined to and forked from the jobs' lanes by events. Such jobs get a workspace each
   /// (they run at the same time, so a lane cannot share one): on an H200 the 16 factorisations
-  /// above take 40.6 ms with 1.94 GiB against 44.6 ms with 0.97 GiB without lockstep. Results are
+  /// above take 41.8 ms with 1.94 GiB against 44.8 ms with 0.97 GiB without lockstep (8 lanes). Results are
   /// the bytes of separate runs either way.
   explicit ConcurrentCompressor(GpuCompressorOptions options = {}, int lanes = kDefaultLanes, bool lockstep = false);
   ~ConcurrentCompressor();
