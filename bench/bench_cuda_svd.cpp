@@ -231,7 +231,7 @@ void bm_whole_model(benchmark::State& state, int streams, int cholesky_ctas) {
 
 /// The same 16 factorisations through xkv::cuda::ConcurrentCompressor (Cholesky capped at its
 /// default 16 CTAs), with and without lockstep batches, on 8 or 16 lanes.
-void bm_whole_model_concurrent(benchmark::State& state, int lanes, bool lockstep) {
+void bm_whole_model_concurrent(benchmark::State& state, int lanes, bool lockstep, int cholesky_ctas) {
   if (!xkv::cuda::device_available()) {
     state.SkipWithError("no CUDA device");
     return;
@@ -251,7 +251,9 @@ void bm_whole_model_concurrent(benchmark::State& state, int lanes, bool lockstep
     jobs[f].layers = layers[f];
     jobs[f].rank = rank;
   }
-  xkv::cuda::ConcurrentCompressor<bf16> all({}, lanes, lockstep);
+  xkv::cuda::GpuCompressorOptions options;
+  options.cholesky_ctas = cholesky_ctas;  // 0: the class's default cap
+  xkv::cuda::ConcurrentCompressor<bf16> all(options, lanes, lockstep);
   xkv::cuda::Stream stream;
   (void)all.run(jobs, stream.get());  // warm-up, and the workspaces
   all.check(stream.get());
@@ -300,10 +302,13 @@ int main(int argc, char** argv) {
     }
   for (const int lanes : {8, 16})
     for (const bool lockstep : {false, true})
-      benchmark::RegisterBenchmark(("gpu_svd_whole_model_32k_concurrent_compressor/lanes=" + std::to_string(lanes) +
-                                    (lockstep ? "/lockstep" : "")).c_str(),
-                                   bm_whole_model_concurrent, lanes, lockstep)
-          ->UseManualTime()->Unit(benchmark::kMillisecond)->Iterations(3)->Repetitions(3)->ReportAggregatesOnly(true);
+      for (const int ctas : {0, 8, 32}) {
+        if (ctas != 0 && !lockstep) continue;  // the lanes without lockstep: see whole_model_32k above
+        benchmark::RegisterBenchmark(("gpu_svd_whole_model_32k_concurrent_compressor/lanes=" + std::to_string(lanes) +
+                                      (lockstep ? "/lockstep" : "") + (ctas ? "/cholesky_ctas=" + std::to_string(ctas) : "")).c_str(),
+                                     bm_whole_model_concurrent, lanes, lockstep, ctas)
+            ->UseManualTime()->Unit(benchmark::kMillisecond)->Iterations(3)->Repetitions(3)->ReportAggregatesOnly(true);
+      }
   benchmark::Initialize(&argc, argv);
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();
