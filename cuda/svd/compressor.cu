@@ -182,11 +182,11 @@ void run_subspace(CompressorState& st, const Plan& plan, const SvdArguments<T>& 
   int slot = 0;
   for (int round = 0; round <= plan.power_iterations; ++round) {
     sketch_pass(st, plan, tab, v, r, stage, yc, z, round == 0 && args.energies ? partials : nullptr, stream);
-    convert(z, zd, d * r, stream);
     // One CholeskyQR pass leaves V^T V - I at about cond(Z)^2 * 1e-16 in fp64, far below the
-    // 16-bit rounding of B = V^T that follows, so the last basis needs no second pass.
-    cholesky_qr(st, zd, vd, d, r, g, chol, info + slot++, stream, round == 0 ? info + kNonFiniteSlot : nullptr);
-    convert(vd, v, d * r, stream);
+    // 16-bit rounding of B = V^T that follows, so the last basis needs no second pass. In fp64
+    // row chunks of plan.fp64_rows (one chunk, the whole of Z, where the workspace allows).
+    cholesky_qr_chunked(st, z, v, d, r, plan.fp64_rows, zd, vd, g, chol, info + slot++, stream,
+                        round == 0 ? info + kNonFiniteSlot : nullptr);
   }
   // V (d x r, column-major) is both B^T and the right factor of A = X V.
   finish_subspace(st, plan, tab, args, v, stage, partials, energies, stream);

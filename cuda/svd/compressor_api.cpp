@@ -210,12 +210,25 @@ Plan make_plan(CompressorState& st, const GpuCompressorOptions& opt, const SvdAr
         }
       }
     }
+    // Subspace iteration takes its CholeskyQR steps in fp64 row chunks (cholesky_qr_chunked) as
+    // large as fit beside the other buffers within about half of the input (at least 1024 rows);
+    // Rayleigh-Ritz needs whole fp64 copies of the sketch and the basis.
+    p.fp64_rows = d;
+    if (!ritz) {
+      const double fixed = double(CholeskyWorkspace::doubles(k)) * 8 + (p.direct ? 0.0 : double(p.chunk_rows) * d * st_bytes) +
+                           double(p.chunk_rows) * k * st_bytes + double(d) * k * (4 + st_bytes) + 8.0 * k * k +
+                           double(chunks) * kSumBlocks * 8;
+      const double avail = std::max(0.49 * input_bytes - fixed, 0.0);
+      // (1024 rows at least: 256-row chunks took D = 8192, n = 4096 from 3.5 to 8.1 ms on an H200)
+      p.fp64_rows = std::clamp<std::int64_t>(std::int64_t(avail / (16.0 * k)), std::min<std::int64_t>(d, 1024), d);
+      if (p.fp64_rows < d) p.fp64_rows = round_down(p.fp64_rows, 64);
+    }
     p.off_chol = arena.take(CholeskyWorkspace::doubles(k) * sizeof(double));
     p.off_stage = arena.take(p.direct ? 0 : std::size_t(p.chunk_rows * d) * st_bytes);
     p.off_yc = arena.take(std::size_t(p.chunk_rows) * k * st_bytes);
     p.off_z = arena.take(std::size_t(d) * k * sizeof(float));
-    p.off_zd = arena.take(std::size_t(d) * k * sizeof(double));
-    p.off_vd = arena.take(std::size_t(d) * k * sizeof(double));
+    p.off_zd = arena.take(std::size_t(p.fp64_rows) * k * sizeof(double));
+    p.off_vd = arena.take(std::size_t(p.fp64_rows) * k * sizeof(double));
     p.off_v = arena.take(std::size_t(d) * k * st_bytes);
     p.off_g = arena.take(std::size_t(k) * k * sizeof(double));
     if (ritz) {
