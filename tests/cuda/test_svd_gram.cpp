@@ -89,6 +89,9 @@ TYPED_TEST(GpuSvdGram, NearOptimumAndAgreesWithSketches) {
 
 // D = 1100 (two block-rows of 576 and 524 columns), fp64 CholeskyQR in chunks of 256 rows with a
 // short last one, several staged token chunks with a short last one, r not a multiple of a tile.
+// The sketch product on the same input: staged (TokenMajorPadded: a buffer per layer) in 16 bits,
+// its 4 MiB staging chunk leaves no room under half of the 6.6 MB input, so its CholeskyQR takes
+// the minimum fp64 chunks (1024 + 76 rows); in place, or in fp32, one chunk.
 TYPED_TEST(GpuSvdGram, BlockRowsAndChunksAtAwkwardSizes) {
   XKV_SKIP_WITHOUT_GPU();
   using T = TypeParam;
@@ -107,6 +110,11 @@ TYPED_TEST(GpuSvdGram, BlockRowsAndChunksAtAwkwardSizes) {
     const double tol = property_tolerance<T>();
     EXPECT_LE((run.h.b * run.h.b.transpose() - Eigen::MatrixXd::Identity(r, r)).norm(), tol * std::sqrt(double(r)));
     EXPECT_NEAR(run.h.total_energy, g.stored.squaredNorm(), 1e-5 * g.stored.squaredNorm());
+    const auto sketch = run_subspace(g, r, subspace(SubspaceProduct::Sketch));
+    EXPECT_FALSE(sketch.gram);
+    ASSERT_TRUE(sketch.h.a.allFinite() && sketch.h.b.allFinite());
+    EXPECT_LE(err_over_opt(g.stored, sketch.h.a, sketch.h.b, s, r), 1.01);
+    EXPECT_LE((sketch.h.b * sketch.h.b.transpose() - Eigen::MatrixXd::Identity(r, r)).norm(), tol * std::sqrt(double(r)));
   }
 }
 
