@@ -97,6 +97,13 @@ bool tiles_one_matrix(std::span<const KVView<T>> layers) {
 
 std::int64_t round_down(std::int64_t v, std::int64_t multiple) { return std::max(multiple, v / multiple * multiple); }
 
+/// Rows of the d x r basis that CholeskyQR converts to fp64 at once (two fp64 copies of that many
+/// rows): as many as `avail` bytes hold, at least min_rows, at most d, whole 64-row multiples below d.
+std::int64_t fp64_chunk_rows(double avail, double r, std::int64_t d, std::int64_t min_rows) {
+  const std::int64_t rows = std::clamp<std::int64_t>(std::int64_t(std::max(avail, 0.0) / (16 * r)), std::min(d, min_rows), d);
+  return rows < d ? round_down(rows, 64) : rows;
+}
+
 /// Whether the Subspace method runs from the Gram matrix (SubspaceProduct::Auto: fewer FLOPs than
 /// the sketches and the whole workspace within half of the input's bytes), and if so its staging
 /// chunk and fp64 CholeskyQR chunk sizes, fitted into that half.
@@ -125,8 +132,7 @@ bool choose_gram(Plan& p, const GpuCompressorOptions& opt, std::size_t st_bytes)
     if (p.chunk_rows < p.n) p.chunk_rows = round_down(p.chunk_rows, 64);
     avail -= double(p.chunk_rows) * d * elem;
   }
-  p.fp64_rows = std::clamp<std::int64_t>(std::int64_t(avail / (16 * r)), min_fp64_rows, p.d);
-  if (p.fp64_rows < p.d) p.fp64_rows = round_down(p.fp64_rows, 64);
+  p.fp64_rows = fp64_chunk_rows(avail, r, p.d, min_fp64_rows);
   return true;
 }
 
@@ -218,10 +224,8 @@ Plan make_plan(CompressorState& st, const GpuCompressorOptions& opt, const SvdAr
       const double fixed = double(CholeskyWorkspace::doubles(k)) * 8 + (p.direct ? 0.0 : double(p.chunk_rows) * d * st_bytes) +
                            double(p.chunk_rows) * k * st_bytes + double(d) * k * (4 + st_bytes) + 8.0 * k * k +
                            double(chunks) * kSumBlocks * 8;
-      const double avail = std::max(0.49 * input_bytes - fixed, 0.0);
       // (1024 rows at least: 256-row chunks took D = 8192, n = 4096 from 3.5 to 8.1 ms on an H200)
-      p.fp64_rows = std::clamp<std::int64_t>(std::int64_t(avail / (16.0 * k)), std::min<std::int64_t>(d, 1024), d);
-      if (p.fp64_rows < d) p.fp64_rows = round_down(p.fp64_rows, 64);
+      p.fp64_rows = fp64_chunk_rows(0.49 * input_bytes - fixed, k, d, 1024);
     }
     p.off_chol = arena.take(CholeskyWorkspace::doubles(k) * sizeof(double));
     p.off_stage = arena.take(p.direct ? 0 : std::size_t(p.chunk_rows * d) * st_bytes);
