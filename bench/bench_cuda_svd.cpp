@@ -229,8 +229,8 @@ void bm_whole_model(benchmark::State& state, int streams, int cholesky_ctas) {
   state.counters["workspace_GiB"] = workspace_bytes / double(1 << 30);
 }
 
-/// The same 16 factorisations through xkv::cuda::ConcurrentCompressor (Cholesky capped at its
-/// default 16 CTAs), with and without lockstep batches, on 8 or 16 lanes.
+/// The same 16 factorisations through xkv::cuda::ConcurrentCompressor, with and without lockstep
+/// batches, on 8 or 16 lanes, the Cholesky capped at `cholesky_ctas` CTAs (0: the class's 16).
 void bm_whole_model_concurrent(benchmark::State& state, int lanes, bool lockstep, int cholesky_ctas) {
   if (!xkv::cuda::device_available()) {
     state.SkipWithError("no CUDA device");
