@@ -17,7 +17,8 @@
 #include <cublas_v2.h>
 #include <cusolverDn.h>
 
-#include "cholesky.hpp"  // private to cuda/svd: timed on its own in --micro
+#include "cholesky.hpp"     // private to cuda/svd: timed on their own in --micro
+#include "cholesky_qr.hpp"
 #include "xkv/cuda/compressor.hpp"
 #include "xkv/cuda/device.hpp"
 
@@ -146,6 +147,19 @@ void micro(std::int64_t d, int k, std::int64_t rows) {
       xkv::cuda::detail::cholesky_inverse(g0.get(), k, cws, info.get(), stream.get()); }));
     std::printf("  Dgemm D x k x k (apply)     %8.3f ms\n", time_ms(stream.get(), [&] {
       XKV_CUDA_CHECK(cublasDgemm(blas, CUBLAS_OP_N, CUBLAS_OP_T, int(d), k, k, &one, x.get(), int(d), cws.w, cws.padded, &zero, out.get(), int(d))); }));
+    {  // the same two products of a CholeskyQR step from the fp32 basis (no fp64 copy of it)
+      std::vector<double> hx(x.size());
+      XKV_CUDA_CHECK(cudaMemcpy(hx.data(), x.get(), x.bytes(), cudaMemcpyDeviceToHost));
+      const std::vector<float> hz(hx.begin(), hx.end());
+      XKV_CUDA_CHECK(cudaMemcpy(z.get(), hz.data(), z.bytes(), cudaMemcpyHostToDevice));
+      xkv::cuda::DeviceBuffer<double> scratch(xkv::cuda::detail::CholeskyWorkspace::doubles(k));
+      const auto sws = xkv::cuda::detail::CholeskyWorkspace::carve(scratch.get(), k);
+      xkv::cuda::DeviceBuffer<float> v32(std::size_t(d) * k);
+      std::printf("  xkv basis_gram fp32 D x k   %8.3f ms\n", time_ms(stream.get(), [&] {
+        xkv::cuda::detail::basis_gram(z.get(), d, k, g.get(), sws, stream.get()); }));
+      std::printf("  xkv apply_inverse D x k     %8.3f ms\n", time_ms(stream.get(), [&] {
+        xkv::cuda::detail::apply_inverse(z.get(), d, k, cws, v32.get(), stream.get()); }));
+    }
     std::printf("  Dpotrf fp64 k, non-deterministic mode (+copy) %8.3f ms\n", [&] {
       XKV_CUDA_CHECK(cusolverDnSetDeterministicMode(solver, CUSOLVER_ALLOW_NON_DETERMINISTIC_RESULTS));
       const float t = time_ms(stream.get(), [&] { reset();

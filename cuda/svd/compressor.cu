@@ -168,8 +168,6 @@ void run_subspace(CompressorState& st, const Plan& plan, const SvdArguments<T>& 
   auto* stage = ws.get<T>(plan.off_stage);
   auto* yc = ws.get<T>(plan.off_yc);
   auto* z = ws.get<float>(plan.off_z);
-  auto* zd = ws.get<double>(plan.off_zd);
-  auto* vd = ws.get<double>(plan.off_vd);
   auto* v = ws.get<T>(plan.off_v);
   auto* g = ws.get<double>(plan.off_g);
   auto* partials = ws.get<double>(plan.off_partials);
@@ -183,10 +181,8 @@ void run_subspace(CompressorState& st, const Plan& plan, const SvdArguments<T>& 
   for (int round = 0; round <= plan.power_iterations; ++round) {
     sketch_pass(st, plan, tab, v, r, stage, yc, z, round == 0 && args.energies ? partials : nullptr, stream);
     // One CholeskyQR pass leaves V^T V - I at about cond(Z)^2 * 1e-16 in fp64, far below the
-    // 16-bit rounding of B = V^T that follows, so the last basis needs no second pass. In fp64
-    // row chunks of plan.fp64_rows (one chunk, the whole of Z, where the workspace allows).
-    cholesky_qr_chunked(st, z, v, d, r, plan.fp64_rows, zd, vd, g, chol, info + slot++, stream,
-                        round == 0 ? info + kNonFiniteSlot : nullptr);
+    // 16-bit rounding of B = V^T that follows, so the last basis needs no second pass.
+    cholesky_qr_fp32(z, v, d, r, g, chol, info + slot++, stream, round == 0 ? info + kNonFiniteSlot : nullptr);
   }
   // V (d x r, column-major) is both B^T and the right factor of A = X V.
   finish_subspace(st, plan, tab, args, v, stage, partials, energies, stream);

@@ -97,16 +97,9 @@ bool tiles_one_matrix(std::span<const KVView<T>> layers) {
 
 std::int64_t round_down(std::int64_t v, std::int64_t multiple) { return std::max(multiple, v / multiple * multiple); }
 
-/// Rows of the d x r basis that CholeskyQR converts to fp64 at once (two fp64 copies of that many
-/// rows): as many as `avail` bytes hold, at least min_rows, at most d, whole 64-row multiples below d.
-std::int64_t fp64_chunk_rows(double avail, double r, std::int64_t d, std::int64_t min_rows) {
-  const std::int64_t rows = std::clamp<std::int64_t>(std::int64_t(std::max(avail, 0.0) / (16 * r)), std::min(d, min_rows), d);
-  return rows < d ? round_down(rows, 64) : rows;
-}
-
 /// Whether the Subspace method runs from the Gram matrix (SubspaceProduct::Auto: fewer FLOPs than
 /// the sketches and the whole workspace within half of the input's bytes), and if so its staging
-/// chunk and fp64 CholeskyQR chunk sizes, fitted into that half.
+/// chunk size, fitted into that half.
 bool choose_gram(Plan& p, const GpuCompressorOptions& opt, std::size_t st_bytes) {
   if (opt.subspace_product == SubspaceProduct::Sketch) return false;
   const double n = double(p.n), d = double(p.d), r = double(p.rank), elem = double(st_bytes);
@@ -116,9 +109,8 @@ bool choose_gram(Plan& p, const GpuCompressorOptions& opt, std::size_t st_bytes)
   const double input = n * d * elem;
   // G, Z and V in fp32, V in T, the r x r Gram of CholeskyQR and the Cholesky workspace.
   const double fixed = 4 * d * d + 8 * d * r + elem * d * r + 8 * r * r + 8.0 * double(CholeskyWorkspace::doubles(p.rank));
-  const std::int64_t min_fp64_rows = std::min<std::int64_t>(p.d, 256);
   const std::int64_t min_stage_rows = p.direct ? 0 : std::min<std::int64_t>(p.n, 256);
-  const double min_need = 16 * r * double(min_fp64_rows) + double(min_stage_rows) * d * elem;
+  const double min_need = double(min_stage_rows) * d * elem;
   double avail = 0.49 * input - fixed;  // 1%: partial sums, status words, alignment
   const bool forced = opt.subspace_product == SubspaceProduct::Gram;
   if (!forced && (gram_flops >= sketch_flops || avail < min_need)) return false;
@@ -126,13 +118,11 @@ bool choose_gram(Plan& p, const GpuCompressorOptions& opt, std::size_t st_bytes)
   avail = std::max(avail, min_need);  // forced: the half-of-the-input target may not hold
   if (p.direct) {
     p.chunk_rows = p.n;  // X is read in place: one GEMM per block-row
-  } else {  // staging takes at most half of what is left, and no more than the options allow
-    const double stage_bytes = std::min(opt.staging_fraction * input, avail / 2);
+  } else {  // staging takes what is left, and no more than the options allow
+    const double stage_bytes = std::min(opt.staging_fraction * input, avail);
     p.chunk_rows = std::clamp<std::int64_t>(std::int64_t(stage_bytes / (d * elem)), min_stage_rows, p.n);
     if (p.chunk_rows < p.n) p.chunk_rows = round_down(p.chunk_rows, 64);
-    avail -= double(p.chunk_rows) * d * elem;
   }
-  p.fp64_rows = fp64_chunk_rows(avail, r, p.d, min_fp64_rows);
   return true;
 }
 
@@ -143,8 +133,6 @@ void layout_gram(Plan& p, std::size_t st_bytes, Arena& arena) {
   p.off_gram = arena.take(d * d * sizeof(float));
   p.off_z = arena.take(d * r * sizeof(float));
   p.off_v32 = arena.take(d * r * sizeof(float));
-  p.off_zd = arena.take(std::size_t(p.fp64_rows) * r * sizeof(double));
-  p.off_vd = arena.take(std::size_t(p.fp64_rows) * r * sizeof(double));
   p.off_v = arena.take(d * r * st_bytes);
   p.off_g = arena.take(r * r * sizeof(double));
   p.off_stage = arena.take(p.direct ? 0 : std::size_t(p.chunk_rows) * d * st_bytes);
@@ -216,23 +204,15 @@ Plan make_plan(CompressorState& st, const GpuCompressorOptions& opt, const SvdAr
         }
       }
     }
-    // Subspace iteration takes its CholeskyQR steps in fp64 row chunks (cholesky_qr_chunked) as
-    // large as fit beside the other buffers within about half of the input (at least 1024 rows);
-    // Rayleigh-Ritz needs whole fp64 copies of the sketch and the basis.
-    p.fp64_rows = d;
-    if (!ritz) {
-      const double fixed = double(CholeskyWorkspace::doubles(k)) * 8 + (p.direct ? 0.0 : double(p.chunk_rows) * d * st_bytes) +
-                           double(p.chunk_rows) * k * st_bytes + double(d) * k * (4 + st_bytes) + 8.0 * k * k +
-                           double(chunks) * kSumBlocks * 8;
-      // (1024 rows at least: 256-row chunks took D = 8192, n = 4096 from 3.5 to 8.1 ms on an H200)
-      p.fp64_rows = fp64_chunk_rows(0.49 * input_bytes - fixed, k, d, 1024);
-    }
+    // Rayleigh-Ritz needs whole fp64 copies of the sketch and the basis; subspace iteration's
+    // CholeskyQR reads the fp32 sketch Z directly.
+    const std::size_t fp64_copy = ritz ? std::size_t(d) * k * sizeof(double) : 0;
     p.off_chol = arena.take(CholeskyWorkspace::doubles(k) * sizeof(double));
     p.off_stage = arena.take(p.direct ? 0 : std::size_t(p.chunk_rows * d) * st_bytes);
     p.off_yc = arena.take(std::size_t(p.chunk_rows) * k * st_bytes);
     p.off_z = arena.take(std::size_t(d) * k * sizeof(float));
-    p.off_zd = arena.take(std::size_t(p.fp64_rows) * k * sizeof(double));
-    p.off_vd = arena.take(std::size_t(p.fp64_rows) * k * sizeof(double));
+    p.off_zd = arena.take(fp64_copy);
+    p.off_vd = arena.take(fp64_copy);
     p.off_v = arena.take(std::size_t(d) * k * st_bytes);
     p.off_g = arena.take(std::size_t(k) * k * sizeof(double));
     if (ritz) {

@@ -5,7 +5,7 @@
 //   G = X^T X (D x D, fp32 accumulate)   upper block-rows only: block-row i is X_i^T X[:, i:],
 //                                        (b + 1) / 2b of a full GEMM for b blocks; then mirrored
 //   round i = 0..q:  Z = G V             TF32 GEMM, 2 D^2 r FLOPs (X^T X V for ~1/n of the cost)
-//                    V = CholeskyQR(Z)   fp64 in row chunks (plan.fp64_rows)
+//                    V = CholeskyQR(Z)   fp64 tensor-core products from the fp32 Z
 //   B = V^T, A = X V                     the second and last read of X
 //
 // For n >> D this moves most of the work into one GEMM of n D^2 (b + 1) / b FLOPs against
@@ -61,8 +61,6 @@ void run_gram_subspace(CompressorState& st, const Plan& plan, const SvdArguments
   auto* gram = ws.get<float>(plan.off_gram);
   auto* z = ws.get<float>(plan.off_z);
   auto* v32 = ws.get<float>(plan.off_v32);
-  auto* zd = ws.get<double>(plan.off_zd);
-  auto* vd = ws.get<double>(plan.off_vd);
   auto* v = ws.get<T>(plan.off_v);
   auto* g = ws.get<double>(plan.off_g);
   auto* partials = ws.get<double>(plan.off_partials);
@@ -82,9 +80,9 @@ void run_gram_subspace(CompressorState& st, const Plan& plan, const SvdArguments
          CUBLAS_COMPUTE_32F_FAST_TF32);
     int* nonfinite = round == 0 ? info + kNonFiniteSlot : nullptr;  // NaN or Inf in X reaches G, then Z
     if (round < plan.power_iterations)
-      cholesky_qr_chunked(st, z, v32, d, r, plan.fp64_rows, zd, vd, g, chol, info + slot++, stream, nonfinite);
+      cholesky_qr_fp32(z, v32, d, r, g, chol, info + slot++, stream, nonfinite);
     else  // the last basis goes straight to T: it is B^T and the right factor of A = X V
-      cholesky_qr_chunked(st, z, v, d, r, plan.fp64_rows, zd, vd, g, chol, info + slot++, stream, nonfinite);
+      cholesky_qr_fp32(z, v, d, r, g, chol, info + slot++, stream, nonfinite);
   }
   finish_subspace(st, plan, tab, args, v, stage, partials, energies, stream);
 }
@@ -97,7 +95,7 @@ void run_gram_subspace_lockstep(std::span<const GramJob<T>> jobs, cudaStream_t f
     LayerTable<T> tab;
     T* stage;
     float *gram, *z, *v32;
-    double *zd, *vd, *g, *partials, *energies;
+    double *g, *partials, *energies;
     T* v;
     int* info;
     CholeskyWorkspace chol;
@@ -111,8 +109,7 @@ void run_gram_subspace_lockstep(std::span<const GramJob<T>> jobs, cudaStream_t f
                 "run_gram_subspace_lockstep: jobs must all take the Gram product with one rank and round count");
     const Workspace& ws = job.ws;
     bufs.push_back({make_table(job.args->layers), ws.get<T>(plan.off_stage), ws.get<float>(plan.off_gram),
-                    ws.get<float>(plan.off_z), ws.get<float>(plan.off_v32), ws.get<double>(plan.off_zd),
-                    ws.get<double>(plan.off_vd), ws.get<double>(plan.off_g), ws.get<double>(plan.off_partials),
+                    ws.get<float>(plan.off_z), ws.get<float>(plan.off_v32), ws.get<double>(plan.off_g), ws.get<double>(plan.off_partials),
                     ws.get<double>(plan.off_energies), ws.get<T>(plan.off_v), ws.get<int>(plan.off_info),
                     carve_cholesky(*job.st, ws.get<double>(plan.off_chol), r)});
   }
@@ -145,8 +142,7 @@ void run_gram_subspace_lockstep(std::span<const GramJob<T>> jobs, cudaStream_t f
         const std::int64_t d = job.plan->d;
         gemm(job.st->blas, CUBLAS_OP_N, CUBLAS_OP_N, d, r, d, b.gram, CUDA_R_32F, d, b.v32, CUDA_R_32F, d, 0.0f, b.z,
              CUDA_R_32F, d, CUBLAS_COMPUTE_32F_FAST_TF32);
-        cholesky_qr_gram(*job.st, b.z, d, r, job.plan->fp64_rows, b.zd, b.g, job.stream,
-                         round == 0 ? b.info + kNonFiniteSlot : nullptr);
+        cholesky_qr_gram(b.z, d, r, b.g, b.chol, job.stream, round == 0 ? b.info + kNonFiniteSlot : nullptr);
         XKV_CUDA_CHECK(cudaEventRecord(ready[j], job.stream));
         XKV_CUDA_CHECK(cudaStreamWaitEvent(factor_stream, ready[j]));
         tasks[j] = {b.g, b.chol, b.info + round};
@@ -159,9 +155,9 @@ void run_gram_subspace_lockstep(std::span<const GramJob<T>> jobs, cudaStream_t f
         const std::int64_t d = job.plan->d;
         XKV_CUDA_CHECK(cudaStreamWaitEvent(job.stream, factored));
         if (round + 1 < rounds)
-          cholesky_qr_apply(*job.st, b.z, b.v32, d, r, job.plan->fp64_rows, b.zd, b.vd, b.chol, job.stream);
+          cholesky_qr_apply(b.z, b.v32, d, r, b.chol, job.stream);
         else  // the last basis goes straight to T: it is B^T and the right factor of A = X V
-          cholesky_qr_apply(*job.st, b.z, b.v, d, r, job.plan->fp64_rows, b.zd, b.vd, b.chol, job.stream);
+          cholesky_qr_apply(b.z, b.v, d, r, b.chol, job.stream);
       }
     }
     for (std::size_t j = 0; j < jobs.size(); ++j) {

@@ -140,19 +140,6 @@ __global__ void convert_kernel(const Src* __restrict__ in, Dst* __restrict__ out
   }
 }
 
-/// out[i + j * ld_out] = in[i + j * ld_in] for a rows x cols column-major block (a row chunk of a
-/// taller matrix on either side), converted through fp64.
-template <class Src, class Dst>
-__global__ void convert_block_kernel(const Src* __restrict__ in, std::int64_t ld_in, Dst* __restrict__ out,
-                                     std::int64_t ld_out, std::int64_t rows, std::int64_t cols) {
-  const std::int64_t total = rows * cols;
-  for (std::int64_t idx = blockIdx.x * std::int64_t(blockDim.x) + threadIdx.x; idx < total;
-       idx += std::int64_t(gridDim.x) * blockDim.x) {
-    const std::int64_t i = idx % rows, j = idx / rows;
-    out[i + j * ld_out] = from_f64<Dst>(to_f64(in[i + j * ld_in]));
-  }
-}
-
 /// Strict lower triangle of an m x m column-major fp32 matrix <- its upper triangle, through
 /// 32 x 32 shared-memory tiles so that reads and writes both run down columns. Block (32, 8),
 /// grid (tiles, tiles); block (x, y) writes lower tile (row block y, column block x) from upper tile

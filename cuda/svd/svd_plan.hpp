@@ -85,7 +85,6 @@ struct Plan {
   /// Subspace from the Gram matrix G = X^T X (D x D fp32) instead of sketches over X.
   bool gram = false;
   int gram_blocks = 1;         ///< G is built as this many upper block-rows
-  std::int64_t fp64_rows = 0;  ///< Gram and subspace sketches: rows of the D x r basis converted to fp64 at once (CholeskyQR)
 
   std::size_t solver_bytes = 0;
   std::size_t off_stage = 0, off_yc = 0, off_z = 0, off_zd = 0, off_vd = 0, off_v = 0, off_vrt = 0, off_g = 0,

@@ -7,6 +7,7 @@
 #include <span>
 
 #include "cholesky.hpp"
+#include "cholesky_qr.hpp"
 #include "svd_kernels.cuh"
 #include "svd_plan.hpp"
 
@@ -114,29 +115,15 @@ inline void cholesky_qr(CompressorState& st, const double* x, double* out, std::
 }
 
 
-template <class Src, class Dst>
-void convert_block(const Src* in, std::int64_t ld_in, Dst* out, std::int64_t ld_out, std::int64_t rows,
-                   std::int64_t cols, cudaStream_t stream) {
-  convert_block_kernel<Src, Dst><<<grid_for(rows * cols), kThreads, 0, stream>>>(in, ld_in, out, ld_out, rows, cols);
-  check_launch();
-}
-
-/// CholeskyQR of z (rows x k, fp32, column-major) into out (rows x k, column-major) in fp64 row
-/// chunks of at most chunk_rows, so that no fp64 copy of the whole of z is needed: R^T R = z^T z +
-/// shift summed chunk by chunk into g, then out = z R^{-1} chunk by chunk (zc, vc: chunk_rows x k
-/// fp64 each). With one chunk z is converted once. `nonfinite` flags NaN or Inf in z (through g).
+/// CholeskyQR of z (rows x k, fp32, column-major) into out (rows x k, column-major): R^T R =
+/// z^T z + shift summed in fp64 into g, then out = z R^{-1}, both products on the fp64 tensor cores
+/// straight from the fp32 z (cholesky_qr.hpp; the row slices of the Gram borrow chol's buffers,
+/// which the factorisation overwrites next). `nonfinite` flags NaN or Inf in z (through g).
 /// In two halves around the factorisation, so that groups run in lockstep can share one batched
 /// Cholesky launch: cholesky_qr_gram, then cholesky_inverse(_batched) of g, then cholesky_qr_apply.
-inline void cholesky_qr_gram(CompressorState& st, const float* z, std::int64_t rows, int k, std::int64_t chunk_rows,
-                             double* zc, double* g, cudaStream_t stream, int* nonfinite = nullptr) {
-  const double one = 1.0, zero = 0.0;
-  const std::int64_t chunks = (rows + chunk_rows - 1) / chunk_rows;
-  for (std::int64_t c = 0; c < chunks; ++c) {
-    const std::int64_t r0 = c * chunk_rows, rc = std::min(chunk_rows, rows - r0);
-    convert_block(z + r0, rows, zc, rc, rc, k, stream);
-    XKV_CUDA_CHECK(cublasDsyrk(st.blas, CUBLAS_FILL_MODE_UPPER, CUBLAS_OP_T, k, int(rc), &one, zc, int(rc),
-                               c == 0 ? &zero : &one, g, k));
-  }
+inline void cholesky_qr_gram(const float* z, std::int64_t rows, int k, double* g, const CholeskyWorkspace& chol,
+                             cudaStream_t stream, int* nonfinite = nullptr) {
+  basis_gram(z, rows, k, g, chol, stream);
   if (nonfinite) {
     flag_nonfinite_kernel<double><<<1, 256, 0, stream>>>(g, k, nonfinite, k + 1);
     check_launch();
@@ -146,27 +133,17 @@ inline void cholesky_qr_gram(CompressorState& st, const float* z, std::int64_t r
 }
 
 template <class Out>
-void cholesky_qr_apply(CompressorState& st, const float* z, Out* out, std::int64_t rows, int k,
-                       std::int64_t chunk_rows, double* zc, double* vc, const CholeskyWorkspace& chol,
+void cholesky_qr_apply(const float* z, Out* out, std::int64_t rows, int k, const CholeskyWorkspace& chol,
                        cudaStream_t stream) {
-  const double one = 1.0, zero = 0.0;
-  const std::int64_t chunks = (rows + chunk_rows - 1) / chunk_rows;
-  for (std::int64_t c = 0; c < chunks; ++c) {
-    const std::int64_t r0 = c * chunk_rows, rc = std::min(chunk_rows, rows - r0);
-    if (chunks > 1) convert_block(z + r0, rows, zc, rc, rc, k, stream);
-    XKV_CUDA_CHECK(cublasDgemm(st.blas, CUBLAS_OP_N, CUBLAS_OP_T, int(rc), k, k, &one, zc, int(rc), chol.w,
-                               chol.padded, &zero, vc, int(rc)));
-    convert_block(vc, rc, out + r0, rows, rc, k, stream);
-  }
+  apply_inverse(z, rows, k, chol, out, stream);
 }
 
 template <class Out>
-void cholesky_qr_chunked(CompressorState& st, const float* z, Out* out, std::int64_t rows, int k,
-                         std::int64_t chunk_rows, double* zc, double* vc, double* g, const CholeskyWorkspace& chol,
-                         int* info, cudaStream_t stream, int* nonfinite = nullptr) {
-  cholesky_qr_gram(st, z, rows, k, chunk_rows, zc, g, stream, nonfinite);
+void cholesky_qr_fp32(const float* z, Out* out, std::int64_t rows, int k, double* g, const CholeskyWorkspace& chol,
+                      int* info, cudaStream_t stream, int* nonfinite = nullptr) {
+  cholesky_qr_gram(z, rows, k, g, chol, stream, nonfinite);
   cholesky_inverse(g, k, chol, info, stream);
-  cholesky_qr_apply(st, z, out, rows, k, chunk_rows, zc, vc, chol, stream);
+  cholesky_qr_apply(z, out, rows, k, chol, stream);
 }
 
 /// Rows [t0, t0 + rows) of X as a row-major matrix with leading dimension `ld`: X itself when the

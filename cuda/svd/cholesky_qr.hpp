@@ -1,0 +1,26 @@
+// Private to cuda/svd: the two D x k products of a CholeskyQR step of an fp32 basis Z, on the
+// fp64 tensor cores (cholesky_qr_kernels.cuh): the Gram Z^T Z and the solve V = Z L^{-T}.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "cholesky.hpp"
+
+namespace xkv::cuda::detail {
+
+/// g (k x k, column-major, ld k; upper triangle only) = Z^T Z for Z (rows x k, fp32, column-major,
+/// ld rows), summed in fp64. The row slices' partial sums use l, w and work of `scratch` (a
+/// Cholesky workspace for side k, whose contents are overwritten) and are added in a fixed order:
+/// the result is the same bits every run on one device. Asynchronous on `stream`.
+void basis_gram(const float* z, std::int64_t rows, int k, double* g, const CholeskyWorkspace& scratch,
+                cudaStream_t stream);
+
+/// v (rows x k, column-major, ld rows, in Out) = Z L^{-T}, with L^{-1} from `chol` (cholesky_inverse's
+/// w: lower triangular, ld chol.padded). Out is float, __half or __nv_bfloat16.
+template <class Out>
+void apply_inverse(const float* z, std::int64_t rows, int k, const CholeskyWorkspace& chol, Out* v,
+                   cudaStream_t stream);
+
+}  // namespace xkv::cuda::detail

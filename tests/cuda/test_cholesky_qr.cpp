@@ -1,0 +1,134 @@
+// The fp64 tensor-core products of a GPU CholeskyQR step (cuda/svd/cholesky_qr.hpp), straight
+// from an fp32 basis Z: the Gram Z^T Z (row slices summed in a fixed order) and V = Z L^{-T}
+// against fp64 CPU references at awkward sizes, poisoned outputs, upper triangle only, and the
+// same bits run to run. Skips without a CUDA device.
+#include <gtest/gtest.h>
+
+#include <Eigen/Dense>
+#include <cmath>
+#include <random>
+#include <vector>
+
+#include "cholesky.hpp"
+#include "cholesky_qr.hpp"
+#include "test_svd_util.hpp"
+#include "xkv/cuda/check.hpp"
+#include "xkv/cuda/device.hpp"
+
+namespace xkv::test {
+namespace {
+
+/// rows x k fp32 values (column-major) with columns of very different scales, as a power-iterated
+/// basis has.
+std::vector<float> basis_values(std::int64_t rows, int k, std::uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> normal;
+  std::vector<float> z(std::size_t(rows) * k);
+  for (int j = 0; j < k; ++j)
+    for (std::int64_t i = 0; i < rows; ++i) z[std::size_t(i + j * rows)] = normal(rng) * std::pow(10.0f, -3.0f * j / k);
+  return z;
+}
+
+Eigen::MatrixXd as_matrix(const std::vector<float>& z, std::int64_t rows, int k) {
+  return Eigen::Map<const Eigen::MatrixXf>(z.data(), rows, k).cast<double>();
+}
+
+struct Sizes {
+  std::int64_t rows;
+  int k;
+};
+const Sizes kSizes[] = {{1, 1}, {33, 24}, {65, 100}, {1100, 100}, {777, 130}, {4096, 130}, {2048, 512}};
+
+/// g = Z^T Z on the device: g and the scratch workspace poisoned with NaN first.
+std::vector<double> gram_on_device(const std::vector<float>& z, std::int64_t rows, int k) {
+  cuda::DeviceBuffer<float> dz(z.size());
+  cuda::DeviceBuffer<double> g(std::size_t(k) * k), scratch(cuda::detail::CholeskyWorkspace::doubles(k));
+  cuda::Stream stream;
+  XKV_CUDA_CHECK(cudaMemcpyAsync(dz.get(), z.data(), dz.bytes(), cudaMemcpyHostToDevice, stream.get()));
+  XKV_CUDA_CHECK(cudaMemsetAsync(g.get(), 0xff, g.bytes(), stream.get()));  // all-ones bytes: NaN doubles
+  XKV_CUDA_CHECK(cudaMemsetAsync(scratch.get(), 0xff, scratch.bytes(), stream.get()));
+  cuda::detail::basis_gram(dz.get(), rows, k, g.get(), cuda::detail::CholeskyWorkspace::carve(scratch.get(), k),
+                           stream.get());
+  stream.synchronize();
+  std::vector<double> out(g.size());
+  XKV_CUDA_CHECK(cudaMemcpy(out.data(), g.get(), g.bytes(), cudaMemcpyDeviceToHost));
+  return out;
+}
+
+TEST(GpuCholeskyQr, GramOfAnFp32BasisMatchesFp64) {
+  XKV_SKIP_WITHOUT_GPU();
+  for (const Sizes s : kSizes) {
+    SCOPED_TRACE(::testing::Message() << "rows=" << s.rows << " k=" << s.k << " seed=" << test_seed());
+    const std::vector<float> z = basis_values(s.rows, s.k, test_seed() + std::uint64_t(s.rows * 7 + s.k));
+    const Eigen::MatrixXd zm = as_matrix(z, s.rows, s.k);
+    const Eigen::MatrixXd ref = zm.transpose() * zm;  // products of floats are exact in fp64
+    const std::vector<double> g = gram_on_device(z, s.rows, s.k);
+    const Eigen::Map<const Eigen::MatrixXd> gm(g.data(), s.k, s.k);
+    double err = 0;
+    bool lower_untouched = true;
+    for (int j = 0; j < s.k; ++j)
+      for (int i = 0; i < s.k; ++i) {
+        if (i <= j) err = std::max(err, std::abs(gm(i, j) - ref(i, j)) / std::sqrt(ref(i, i) * ref(j, j)));
+        else lower_untouched = lower_untouched && std::isnan(gm(i, j));
+      }
+    // fp64 sums of exact products: rows * eps relative to the Cauchy-Schwarz bound of each entry.
+    EXPECT_LE(err, 1e-16 * double(s.rows) + 1e-15);
+    EXPECT_TRUE(lower_untouched) << "only the upper triangle is written";
+    // Fixed tiles and a fixed order for the row slices' partial sums: the same bits again.
+    const std::vector<double> again = gram_on_device(z, s.rows, s.k);
+    for (int j = 0; j < s.k; ++j)
+      for (int i = 0; i <= j; ++i)
+        ASSERT_EQ(again[std::size_t(i + j * s.k)], g[std::size_t(i + j * s.k)]) << "entry " << i << ", " << j;
+  }
+}
+
+template <class Out>
+void check_apply(const Sizes s, double tolerance) {
+  SCOPED_TRACE(::testing::Message() << "rows=" << s.rows << " k=" << s.k << " out bytes=" << sizeof(Out)
+                                    << " seed=" << test_seed());
+  const std::vector<float> z = basis_values(s.rows, s.k, test_seed() + 11 + std::uint64_t(s.rows * 5 + s.k));
+  // L^{-1} from the Cholesky kernel of an SPD matrix: lower triangular, identity padding beyond k.
+  std::mt19937_64 rng(test_seed() + 3 + std::uint64_t(s.k));
+  std::normal_distribution<double> normal;
+  Eigen::MatrixXd m(s.k, s.k);
+  for (auto& v : m.reshaped()) v = normal(rng);
+  const Eigen::MatrixXd spd = m * m.transpose() + double(s.k) * Eigen::MatrixXd::Identity(s.k, s.k);
+  cuda::Stream stream;
+  cuda::DeviceBuffer<double> gram(std::size_t(s.k) * s.k), chol_buffer(cuda::detail::CholeskyWorkspace::doubles(s.k));
+  cuda::DeviceBuffer<int> info(1);
+  const auto chol = cuda::detail::CholeskyWorkspace::carve(chol_buffer.get(), s.k);
+  XKV_CUDA_CHECK(cudaMemcpyAsync(gram.get(), spd.data(), gram.bytes(), cudaMemcpyHostToDevice, stream.get()));
+  XKV_CUDA_CHECK(cudaMemsetAsync(info.get(), 0, sizeof(int), stream.get()));
+  cuda::detail::cholesky_inverse(gram.get(), s.k, chol, info.get(), stream.get());
+  cuda::DeviceBuffer<float> dz(z.size());
+  cuda::DeviceBuffer<Out> v(z.size());
+  XKV_CUDA_CHECK(cudaMemcpyAsync(dz.get(), z.data(), dz.bytes(), cudaMemcpyHostToDevice, stream.get()));
+  XKV_CUDA_CHECK(cudaMemsetAsync(v.get(), 0xff, v.bytes(), stream.get()));  // NaN in every storage type
+  cuda::detail::apply_inverse(dz.get(), s.rows, s.k, chol, v.get(), stream.get());
+  stream.synchronize();
+  int status = -1;
+  XKV_CUDA_CHECK(cudaMemcpy(&status, info.get(), sizeof(int), cudaMemcpyDeviceToHost));
+  ASSERT_EQ(status, 0);
+  std::vector<double> w(std::size_t(chol.padded) * chol.padded);
+  XKV_CUDA_CHECK(cudaMemcpy(w.data(), chol.w, w.size() * sizeof(double), cudaMemcpyDeviceToHost));
+  const Eigen::MatrixXd wk = Eigen::Map<const Eigen::MatrixXd>(w.data(), chol.padded, chol.padded).topLeftCorner(s.k, s.k);
+  const Eigen::MatrixXd ref = as_matrix(z, s.rows, s.k) * wk.transpose();
+  std::vector<Out> got(v.size());
+  XKV_CUDA_CHECK(cudaMemcpy(got.data(), v.get(), v.bytes(), cudaMemcpyDeviceToHost));
+  Eigen::MatrixXd gm(s.rows, s.k);
+  for (std::size_t i = 0; i < got.size(); ++i) gm.reshaped()(Eigen::Index(i)) = double(to_float(got[i]));
+  ASSERT_TRUE(gm.allFinite()) << "an output entry was not written";
+  EXPECT_LE((gm - ref).norm(), tolerance * ref.norm());
+}
+
+TEST(GpuCholeskyQr, ApplyInverseMatchesFp64) {
+  XKV_SKIP_WITHOUT_GPU();
+  for (const Sizes s : kSizes) {
+    check_apply<float>(s, 1e-6);
+    check_apply<__half>(s, 1e-3);
+    check_apply<__nv_bfloat16>(s, 1e-2);
+  }
+}
+
+}  // namespace
+}  // namespace xkv::test
