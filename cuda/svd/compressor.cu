@@ -68,6 +68,7 @@ void solve_ritz(CompressorState& st, const Plan& plan, double* g, double* mu, co
 
 /// One sketch pass over X: Z (d x k, fp32) = X^T (X V), chunk by chunk: Y_c = X_c V (in T),
 /// Z += X_c^T Y_c. With energy_partials, the first read also sums ||X_c||^2 (kSumBlocks per chunk).
+/// Y_c goes to yc, or with plan.y_in_a to rows t0.. of yc as an n x k row-major matrix (the A output).
 template <class T>
 void sketch_pass(CompressorState& st, const Plan& plan, const LayerTable<T>& tab, const T* v, int k, T* stage, T* yc,
                  float* z, double* energy_partials, cudaStream_t stream) {
@@ -82,8 +83,9 @@ void sketch_pass(CompressorState& st, const Plan& plan, const LayerTable<T>& tab
     const T* x = chunk_of_x(plan, tab, t0, rows, stage, energy_partials ? energy_partials + c * kSumBlocks : nullptr,
                             ld, stream);
     // Y_c (k x rows) = V^T X_c^T ; Z (d x k) += X_c^T Y_c^T in column-major terms.
-    gemm(st.blas, CUBLAS_OP_T, CUBLAS_OP_N, k, rows, d, v, dt, d, x, dt, ld, 0.0f, yc, dt, k, compute);
-    gemm(st.blas, CUBLAS_OP_N, CUBLAS_OP_T, d, k, rows, x, dt, ld, yc, dt, k, c == 0 ? 0.0f : 1.0f, z, CUDA_R_32F, d,
+    T* y = plan.y_in_a ? yc + t0 * k : yc;
+    gemm(st.blas, CUBLAS_OP_T, CUBLAS_OP_N, k, rows, d, v, dt, d, x, dt, ld, 0.0f, y, dt, k, compute);
+    gemm(st.blas, CUBLAS_OP_N, CUBLAS_OP_T, d, k, rows, x, dt, ld, y, dt, k, c == 0 ? 0.0f : 1.0f, z, CUDA_R_32F, d,
          compute);
   }
 }
@@ -166,10 +168,11 @@ void run_subspace(CompressorState& st, const Plan& plan, const SvdArguments<T>& 
   const std::int64_t d = plan.d;
   const int r = plan.rank;
   auto* stage = ws.get<T>(plan.off_stage);
-  auto* yc = ws.get<T>(plan.off_yc);
+  T* yc = args.a;  // plan.y_in_a: each round's Y lives in the A output until A = X V replaces it
   auto* z = ws.get<float>(plan.off_z);
   auto* v = ws.get<T>(plan.off_v);
-  auto* g = ws.get<double>(plan.off_g);
+  // plan.g_in_a: the Gram is consumed by each round's factorisation before the next Y overwrites it.
+  auto* g = plan.g_in_a ? reinterpret_cast<double*>(args.a) : ws.get<double>(plan.off_g);
   auto* partials = ws.get<double>(plan.off_partials);
   auto* energies = ws.get<double>(plan.off_energies);
   auto* info = ws.get<int>(plan.off_info);

@@ -175,6 +175,15 @@ Plan make_plan(CompressorState& st, const GpuCompressorOptions& opt, const SvdAr
     const bool ritz = method == GpuSvdMethod::Randomized;
     const int k = ritz ? int(std::min<std::int64_t>(std::int64_t(p.rank) + opt.oversampling, p.m)) : p.rank;
     p.k = k;
+    // Subspace iteration keeps each round's Y = X V (n x r, in T) in the A output, which has
+    // exactly that shape and is written only after the last round: no Y buffer, and X read in
+    // place needs no row chunks at all.
+    p.y_in_a = !ritz;
+    if (p.y_in_a && p.direct) p.chunk_rows = p.n;
+    // Y is dead while CholeskyQR runs, so the k x k fp64 Gram of Z can borrow the A output too
+    // where it fits (n >= 4k in 16 bits) and A is 8-byte aligned.
+    p.g_in_a = p.y_in_a && double(p.n) * k * double(st_bytes) >= double(k) * k * sizeof(double) &&
+               reinterpret_cast<std::uintptr_t>(args.a) % alignof(double) == 0;
     const std::int64_t chunks = (p.n + p.chunk_rows - 1) / p.chunk_rows;
     std::size_t pd = 0, ph = 0;
     if (ritz) {  // only the Rayleigh-Ritz eigensolver needs cuSOLVER workspace
@@ -209,12 +218,12 @@ Plan make_plan(CompressorState& st, const GpuCompressorOptions& opt, const SvdAr
     const std::size_t fp64_copy = ritz ? std::size_t(d) * k * sizeof(double) : 0;
     p.off_chol = arena.take(CholeskyWorkspace::doubles(k) * sizeof(double));
     p.off_stage = arena.take(p.direct ? 0 : std::size_t(p.chunk_rows * d) * st_bytes);
-    p.off_yc = arena.take(std::size_t(p.chunk_rows) * k * st_bytes);
+    p.off_yc = arena.take(p.y_in_a ? 0 : std::size_t(p.chunk_rows) * k * st_bytes);
     p.off_z = arena.take(std::size_t(d) * k * sizeof(float));
     p.off_zd = arena.take(fp64_copy);
     p.off_vd = arena.take(fp64_copy);
     p.off_v = arena.take(std::size_t(d) * k * st_bytes);
-    p.off_g = arena.take(std::size_t(k) * k * sizeof(double));
+    p.off_g = arena.take(p.g_in_a ? 0 : std::size_t(k) * k * sizeof(double));
     if (ritz) {
       p.off_vrt = arena.take(std::size_t(d * r) * st_bytes);
       p.off_wsc = arena.take(std::size_t(k * r) * sizeof(double));
