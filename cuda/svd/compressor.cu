@@ -172,7 +172,9 @@ void run_subspace(CompressorState& st, const Plan& plan, const SvdArguments<T>& 
   auto* z = ws.get<float>(plan.off_z);
   auto* v = ws.get<T>(plan.off_v);
   // plan.g_in_a: the Gram is consumed by each round's factorisation before the next Y overwrites it.
-  auto* g = plan.g_in_a ? reinterpret_cast<double*>(args.a) : ws.get<double>(plan.off_g);
+  const auto a_at = reinterpret_cast<std::uintptr_t>(args.a);
+  auto* g = plan.g_in_a ? reinterpret_cast<double*>((a_at + alignof(double) - 1) / alignof(double) * alignof(double))
+                        : ws.get<double>(plan.off_g);
   auto* partials = ws.get<double>(plan.off_partials);
   auto* energies = ws.get<double>(plan.off_energies);
   auto* info = ws.get<int>(plan.off_info);

@@ -86,7 +86,7 @@ struct Plan {
   bool gram = false;
   int gram_blocks = 1;         ///< G is built as this many upper block-rows
   bool y_in_a = false;         ///< sketch subspace: each round's Y = X V is kept in the A output
-  bool g_in_a = false;         ///< ... and CholeskyQR's k x k Gram too, between the sketch passes
+  bool g_in_a = false;         ///< ... and CholeskyQR's k x k Gram too (at A's first 8-byte boundary)
 
   std::size_t solver_bytes = 0;
   std::size_t off_stage = 0, off_yc = 0, off_z = 0, off_zd = 0, off_vd = 0, off_v = 0, off_vrt = 0, off_g = 0,
