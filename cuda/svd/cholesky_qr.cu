@@ -38,10 +38,31 @@ int choose_splits(int tiles, std::int64_t rows, int sms) {
   return best;
 }
 
+/// Stages of the launch: `requested` (1 or 2), or with 0 as many as the device's shared memory holds.
+int stages_for(int requested, const char* who) {
+  XKV_REQUIRE(requested >= 0 && requested <= 2, who << ": stages=" << requested << ", expected 0, 1 or 2");
+  int device = 0, optin = 0;
+  XKV_CUDA_CHECK(cudaGetDevice(&device));
+  XKV_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+  const int stages = requested > 0 ? requested : (std::size_t(optin) >= cqr::shared_bytes(2) ? 2 : 1);
+  XKV_CHECK(std::size_t(optin) >= cqr::shared_bytes(stages), Device,
+            who << ": " << stages << " stage(s) need " << cqr::shared_bytes(stages)
+                << " bytes of shared memory per block, the device allows " << optin);
+  return stages;
+}
+
+/// Launches kernel<Stages> after opting in to its shared memory (per device; cheap to repeat).
+template <class Kernel, class Params>
+void launch(Kernel kernel, int stages, dim3 grid, const Params& p, cudaStream_t stream) {
+  XKV_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(cqr::shared_bytes(stages))));
+  kernel<<<grid, cqr::kThreads, cqr::shared_bytes(stages), stream>>>(p);
+  XKV_CUDA_CHECK(cudaGetLastError());
+}
+
 }  // namespace
 
 void basis_gram(const float* z, std::int64_t rows, int k, double* g, const CholeskyWorkspace& scratch,
-                cudaStream_t stream) {
+                cudaStream_t stream, int stages) {
   XKV_REQUIRE(z != nullptr && g != nullptr && rows >= 1 && k >= 1 && scratch.padded >= k,
               "basis_gram: rows=" << rows << ", k=" << k << ", scratch side " << scratch.padded);
   const int side = (k + cqr::kTile - 1) / cqr::kTile;
@@ -59,11 +80,9 @@ void basis_gram(const float* z, std::int64_t rows, int k, double* g, const Chole
     p.out[s] = outs[s];
     p.out_ld[s] = s == 0 ? k : scratch.padded;
   }
-  // 69.6 KB of tiles: above the 48 KB default, so opted in (per device; cheap to repeat).
-  XKV_CUDA_CHECK(cudaFuncSetAttribute(gram_partials_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                      int(cqr::kSharedBytes)));
-  gram_partials_kernel<<<dim3(unsigned(tiles), unsigned(p.splits)), cqr::kThreads, cqr::kSharedBytes, stream>>>(p);
-  XKV_CUDA_CHECK(cudaGetLastError());
+  const dim3 grid(unsigned(tiles), unsigned(p.splits));
+  if (stages_for(stages, "basis_gram") == 2) launch(gram_partials_kernel<2>, 2, grid, p, stream);
+  else launch(gram_partials_kernel<1>, 1, grid, p, stream);
   if (p.splits > 1) {
     const dim3 block(32, 8), grid(unsigned((k + 31) / 32), unsigned((k + 7) / 8));
     add_partials_kernel<<<grid, block, 0, stream>>>(p);
@@ -73,7 +92,7 @@ void basis_gram(const float* z, std::int64_t rows, int k, double* g, const Chole
 
 template <class Out>
 void apply_inverse(const float* z, std::int64_t rows, int k, const CholeskyWorkspace& chol, Out* v,
-                   cudaStream_t stream) {
+                   cudaStream_t stream, int stages) {
   XKV_REQUIRE(z != nullptr && v != nullptr && chol.w != nullptr && rows >= 1 && k >= 1 && chol.padded >= k,
               "apply_inverse: rows=" << rows << ", k=" << k << ", factor side " << chol.padded);
   ApplyInverseParams<Out> p;
@@ -89,15 +108,16 @@ void apply_inverse(const float* z, std::int64_t rows, int k, const CholeskyWorks
   p.col_tiles = (k + cqr::kTile - 1) / cqr::kTile;
   const std::int64_t blocks = std::int64_t(p.row_tiles) * p.col_tiles;
   XKV_REQUIRE(blocks < (std::int64_t(1) << 31), "apply_inverse: rows=" << rows << ", k=" << k << " is too large");
-  XKV_CUDA_CHECK(cudaFuncSetAttribute(apply_inverse_kernel<Out>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                      int(cqr::kSharedBytes)));
-  apply_inverse_kernel<Out><<<unsigned(blocks), cqr::kThreads, cqr::kSharedBytes, stream>>>(p);
-  XKV_CUDA_CHECK(cudaGetLastError());
+  const dim3 grid{unsigned(blocks)};
+  if (stages_for(stages, "apply_inverse") == 2) launch(apply_inverse_kernel<Out, 2>, 2, grid, p, stream);
+  else launch(apply_inverse_kernel<Out, 1>, 1, grid, p, stream);
 }
 
-template void apply_inverse<float>(const float*, std::int64_t, int, const CholeskyWorkspace&, float*, cudaStream_t);
-template void apply_inverse<__half>(const float*, std::int64_t, int, const CholeskyWorkspace&, __half*, cudaStream_t);
+template void apply_inverse<float>(const float*, std::int64_t, int, const CholeskyWorkspace&, float*, cudaStream_t,
+                                   int);
+template void apply_inverse<__half>(const float*, std::int64_t, int, const CholeskyWorkspace&, __half*, cudaStream_t,
+                                    int);
 template void apply_inverse<__nv_bfloat16>(const float*, std::int64_t, int, const CholeskyWorkspace&, __nv_bfloat16*,
-                                           cudaStream_t);
+                                           cudaStream_t, int);
 
 }  // namespace xkv::cuda::detail

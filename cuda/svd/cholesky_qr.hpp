@@ -13,14 +13,16 @@ namespace xkv::cuda::detail {
 /// g (k x k, column-major, ld k; upper triangle only) = Z^T Z for Z (rows x k, fp32, column-major,
 /// ld rows), summed in fp64. The row slices' partial sums use l, w and work of `scratch` (a
 /// Cholesky workspace for side k, whose contents are overwritten) and are added in a fixed order:
-/// the result is the same bits every run on one device. Asynchronous on `stream`.
+/// the result is the same bits every run on one device. Asynchronous on `stream`. `stages`: shared
+/// memory stages of the launch (1 or 2; 0: two where the device's shared memory per block holds
+/// them, ~139 KB, as on sm_80 and sm_90); the bits do not depend on it.
 void basis_gram(const float* z, std::int64_t rows, int k, double* g, const CholeskyWorkspace& scratch,
-                cudaStream_t stream);
+                cudaStream_t stream, int stages = 0);
 
 /// v (rows x k, column-major, ld rows, in Out) = Z L^{-T}, with L^{-1} from `chol` (cholesky_inverse's
-/// w: lower triangular, ld chol.padded). Out is float, __half or __nv_bfloat16.
+/// w: lower triangular, ld chol.padded). Out is float, __half or __nv_bfloat16. `stages` as above.
 template <class Out>
 void apply_inverse(const float* z, std::int64_t rows, int k, const CholeskyWorkspace& chol, Out* v,
-                   cudaStream_t stream);
+                   cudaStream_t stream, int stages = 0);
 
 }  // namespace xkv::cuda::detail

@@ -17,7 +17,7 @@
 // halves meet in shared memory at the end. Chunk c + 1 is loaded into registers (converted to
 // fp64) while chunk c is multiplied, then stored into the other of two shared stages: one barrier
 // per chunk. One CTA per SM (two 70 KB stages, ~190 registers a thread: capped at 128 they
-// spilled and ran slower).
+// spilled and ran slower). Devices without 139 KB of shared memory per block take one stage.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -40,9 +40,10 @@ inline constexpr int kKMajorLd = kChunk + 4;  // [m][k]: offset 68 m + k  ->  4 
 inline constexpr int kMMajorLd = kTile + 4;   // [k][m]: offset 68 k + m  ->  4 t + g (mod 16)
 inline constexpr int kReduceLd = kTile + 1;
 inline constexpr std::size_t kStageDoubles = 2 * std::size_t(kTile) * kKMajorLd;  // A and B tiles of a chunk
-inline constexpr std::size_t kSharedBytes = 2 * kStageDoubles * sizeof(double);    // two stages
+/// Dynamic shared memory of a launch with `stages` stages (two: 139 KB, beyond sm_86/sm_89).
+constexpr std::size_t shared_bytes(int stages) { return std::size_t(stages) * kStageDoubles * sizeof(double); }
 static_assert(2 * std::size_t(kChunk) * kMMajorLd <= kStageDoubles, "apply tiles fit");
-static_assert(std::size_t(kTile) * kReduceLd * sizeof(double) <= kSharedBytes, "reduction fits");
+static_assert(std::size_t(kTile) * kReduceLd * sizeof(double) <= shared_bytes(1), "reduction fits");
 
 /// D += A B on the fp64 tensor cores, m16n8k8 (sm_90; the m8n8k4 shape took ~1.4x longer). Per
 /// thread (g = lane / 4, t = lane % 4): a = A(g, t), A(g + 8, t), A(g, t + 4), A(g + 8, t + 4);
@@ -157,8 +158,9 @@ struct GramPartialsParams {
   std::int64_t out_ld[cqr::kMaxSplits] = {};
 };
 
-/// Grid (upper tiles, splits), block cqr::kThreads, cqr::kSharedBytes of dynamic shared memory.
-static __global__ void __launch_bounds__(cqr::kThreads, 1) gram_partials_kernel(const __grid_constant__ GramPartialsParams p) {
+/// Grid (upper tiles, splits), block cqr::kThreads, cqr::shared_bytes(Stages) of dynamic shared memory.
+template <int Stages>
+__global__ void __launch_bounds__(cqr::kThreads, 1) gram_partials_kernel(const __grid_constant__ GramPartialsParams p) {
   using namespace cqr;
   extern __shared__ double shared[];
   // Stage s: A tile [64 columns of the row block][68] at shared + s * kStageDoubles, then B.
@@ -203,7 +205,8 @@ static __global__ void __launch_bounds__(cqr::kThreads, 1) gram_partials_kernel(
   };
 
   // Two stages, one barrier per chunk: chunk c + 1 is loaded while chunk c is multiplied, then
-  // stored into the other stage (whose last readers finished before the previous barrier).
+  // stored into the other stage (whose last readers finished before the previous barrier). One
+  // stage (devices with less shared memory) needs a second barrier before that store.
   const std::int64_t chunks = t_end > t_begin ? (t_end - t_begin + kChunk - 1) / kChunk : 0;
   if (chunks > 0) {
     load(t_begin);
@@ -213,12 +216,15 @@ static __global__ void __launch_bounds__(cqr::kThreads, 1) gram_partials_kernel(
   for (std::int64_t c = 0; c < chunks; ++c) {
     const bool more = c + 1 < chunks;
     if (more) load(t_begin + (c + 1) * kChunk);
-    const double* sa = shared + (c & 1) * kStageDoubles;
+    const double* sa = shared + (c % Stages) * kStageDoubles;
     const double* sb = diagonal ? sa : sa + kTile * kKMajorLd;
     if (!idle)
       acc.multiply([&](int m, int k) { return sa[m * kKMajorLd + k]; },
                    [&](int n, int k) { return sb[n * kKMajorLd + k]; });
-    if (more) store(int((c + 1) & 1));
+    if (more) {
+      if constexpr (Stages == 1) __syncthreads();
+      store(int((c + 1) % Stages));
+    }
     __syncthreads();
   }
   acc.combine_halves(shared);
@@ -238,7 +244,8 @@ static __global__ void __launch_bounds__(cqr::kThreads, 1) gram_partials_kernel(
 
 /// g (upper triangle, ld k) += the partial sums of slices 1..splits-1, in that order.
 static __global__ void add_partials_kernel(const __grid_constant__ GramPartialsParams p) {
-  const int i = int(blockIdx.y * blockDim.y + threadIdx.y), j = int(blockIdx.x * blockDim.x + threadIdx.x);
+  // x runs down a column (column-major: consecutive threads, consecutive addresses).
+  const int i = int(blockIdx.x * blockDim.x + threadIdx.x), j = int(blockIdx.y * blockDim.y + threadIdx.y);
   if (j >= p.k || i > j) return;
   double s = p.out[0][i + std::int64_t(j) * p.out_ld[0]];
   for (int split = 1; split < p.splits; ++split) s += p.out[split][i + std::int64_t(j) * p.out_ld[split]];
@@ -260,8 +267,8 @@ struct ApplyInverseParams {
 };
 
 /// Grid row_tiles * col_tiles (the widest column blocks first), block cqr::kThreads,
-/// cqr::kSharedBytes of dynamic shared memory.
-template <class Out>
+/// cqr::shared_bytes(Stages) of dynamic shared memory.
+template <class Out, int Stages>
 __global__ void __launch_bounds__(cqr::kThreads, 1) apply_inverse_kernel(const __grid_constant__ ApplyInverseParams<Out> p) {
   using namespace cqr;
   extern __shared__ double shared[];
@@ -301,7 +308,7 @@ __global__ void __launch_bounds__(cqr::kThreads, 1) apply_inverse_kernel(const _
     }
   };
 
-  // Two stages, one barrier per chunk (as gram_partials_kernel).
+  // Two stages, one barrier per chunk; one stage, two (as gram_partials_kernel).
   const int chunks = (k_end + kChunk - 1) / kChunk;
   load(0);
   store(0);
@@ -309,11 +316,14 @@ __global__ void __launch_bounds__(cqr::kThreads, 1) apply_inverse_kernel(const _
   for (int c = 0; c < chunks; ++c) {
     const bool more = c + 1 < chunks;
     if (more) load((c + 1) * kChunk);
-    const double* sa = shared + (c & 1) * kStageDoubles;
+    const double* sa = shared + (c % Stages) * kStageDoubles;
     const double* sb = sa + kChunk * kMMajorLd;
     acc.multiply([&](int row, int k) { return sa[k * kMMajorLd + row]; },
                  [&](int col, int k) { return sb[k * kMMajorLd + col]; });
-    if (more) store((c + 1) & 1);
+    if (more) {
+      if constexpr (Stages == 1) __syncthreads();
+      store((c + 1) % Stages);
+    }
     __syncthreads();
   }
   acc.combine_halves(shared);

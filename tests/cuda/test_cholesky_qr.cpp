@@ -1,12 +1,14 @@
 // The fp64 tensor-core products of a GPU CholeskyQR step (cuda/svd/cholesky_qr.hpp), straight
 // from an fp32 basis Z: the Gram Z^T Z (row slices summed in a fixed order) and V = Z L^{-T}
-// against fp64 CPU references at awkward sizes, poisoned outputs, upper triangle only, and the
-// same bits run to run. Skips without a CUDA device.
+// against fp64 CPU references at awkward sizes, poisoned outputs, upper triangle only, the same
+// bits run to run and with one or two shared-memory stages, bad arguments named. Skips without a
+// CUDA device.
 #include <gtest/gtest.h>
 
 #include <Eigen/Dense>
 #include <cmath>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "cholesky.hpp"
@@ -14,6 +16,7 @@
 #include "test_svd_util.hpp"
 #include "xkv/cuda/check.hpp"
 #include "xkv/cuda/device.hpp"
+#include "xkv/error.hpp"
 
 namespace xkv::test {
 namespace {
@@ -40,7 +43,7 @@ struct Sizes {
 const Sizes kSizes[] = {{1, 1}, {33, 24}, {65, 100}, {1100, 100}, {777, 130}, {4096, 130}, {2048, 512}};
 
 /// g = Z^T Z on the device: g and the scratch workspace poisoned with NaN first.
-std::vector<double> gram_on_device(const std::vector<float>& z, std::int64_t rows, int k) {
+std::vector<double> gram_on_device(const std::vector<float>& z, std::int64_t rows, int k, int stages = 0) {
   cuda::DeviceBuffer<float> dz(z.size());
   cuda::DeviceBuffer<double> g(std::size_t(k) * k), scratch(cuda::detail::CholeskyWorkspace::doubles(k));
   cuda::Stream stream;
@@ -48,7 +51,7 @@ std::vector<double> gram_on_device(const std::vector<float>& z, std::int64_t row
   XKV_CUDA_CHECK(cudaMemsetAsync(g.get(), 0xff, g.bytes(), stream.get()));  // all-ones bytes: NaN doubles
   XKV_CUDA_CHECK(cudaMemsetAsync(scratch.get(), 0xff, scratch.bytes(), stream.get()));
   cuda::detail::basis_gram(dz.get(), rows, k, g.get(), cuda::detail::CholeskyWorkspace::carve(scratch.get(), k),
-                           stream.get());
+                           stream.get(), stages);
   stream.synchronize();
   std::vector<double> out(g.size());
   XKV_CUDA_CHECK(cudaMemcpy(out.data(), g.get(), g.bytes(), cudaMemcpyDeviceToHost));
@@ -74,18 +77,22 @@ TEST(GpuCholeskyQr, GramOfAnFp32BasisMatchesFp64) {
     // fp64 sums of exact products: rows * eps relative to the Cauchy-Schwarz bound of each entry.
     EXPECT_LE(err, 1e-16 * double(s.rows) + 1e-15);
     EXPECT_TRUE(lower_untouched) << "only the upper triangle is written";
-    // Fixed tiles and a fixed order for the row slices' partial sums: the same bits again.
-    const std::vector<double> again = gram_on_device(z, s.rows, s.k);
-    for (int j = 0; j < s.k; ++j)
-      for (int i = 0; i <= j; ++i)
-        ASSERT_EQ(again[std::size_t(i + j * s.k)], g[std::size_t(i + j * s.k)]) << "entry " << i << ", " << j;
+    // Fixed tiles and a fixed order for the row slices' partial sums: the same bits again, and
+    // with one shared-memory stage (devices with less shared memory) as with two.
+    for (const int stages : {2, 1}) {
+      const std::vector<double> again = gram_on_device(z, s.rows, s.k, stages);
+      for (int j = 0; j < s.k; ++j)
+        for (int i = 0; i <= j; ++i)
+          ASSERT_EQ(again[std::size_t(i + j * s.k)], g[std::size_t(i + j * s.k)])
+              << "entry " << i << ", " << j << ", stages=" << stages;
+    }
   }
 }
 
 template <class Out>
-void check_apply(const Sizes s, double tolerance) {
+void check_apply(const Sizes s, double tolerance, int stages) {
   SCOPED_TRACE(::testing::Message() << "rows=" << s.rows << " k=" << s.k << " out bytes=" << sizeof(Out)
-                                    << " seed=" << test_seed());
+                                    << " stages=" << stages << " seed=" << test_seed());
   const std::vector<float> z = basis_values(s.rows, s.k, test_seed() + 11 + std::uint64_t(s.rows * 5 + s.k));
   // L^{-1} from the Cholesky kernel of an SPD matrix: lower triangular, identity padding beyond k.
   std::mt19937_64 rng(test_seed() + 3 + std::uint64_t(s.k));
@@ -104,7 +111,7 @@ void check_apply(const Sizes s, double tolerance) {
   cuda::DeviceBuffer<Out> v(z.size());
   XKV_CUDA_CHECK(cudaMemcpyAsync(dz.get(), z.data(), dz.bytes(), cudaMemcpyHostToDevice, stream.get()));
   XKV_CUDA_CHECK(cudaMemsetAsync(v.get(), 0xff, v.bytes(), stream.get()));  // NaN in every storage type
-  cuda::detail::apply_inverse(dz.get(), s.rows, s.k, chol, v.get(), stream.get());
+  cuda::detail::apply_inverse(dz.get(), s.rows, s.k, chol, v.get(), stream.get(), stages);
   stream.synchronize();
   int status = -1;
   XKV_CUDA_CHECK(cudaMemcpy(&status, info.get(), sizeof(int), cudaMemcpyDeviceToHost));
@@ -123,11 +130,33 @@ void check_apply(const Sizes s, double tolerance) {
 
 TEST(GpuCholeskyQr, ApplyInverseMatchesFp64) {
   XKV_SKIP_WITHOUT_GPU();
-  for (const Sizes s : kSizes) {
-    check_apply<float>(s, 1e-6);
-    check_apply<__half>(s, 1e-3);
-    check_apply<__nv_bfloat16>(s, 1e-2);
-  }
+  for (const Sizes s : kSizes)
+    for (const int stages : {2, 1}) {
+      check_apply<float>(s, 1e-6, stages);
+      check_apply<__half>(s, 1e-3, stages);
+      check_apply<__nv_bfloat16>(s, 1e-2, stages);
+    }
+}
+
+TEST(GpuCholeskyQr, BadArgumentsAreNamed) {
+  XKV_SKIP_WITHOUT_GPU();
+  cuda::DeviceBuffer<float> z(64);
+  cuda::DeviceBuffer<double> g(64), scratch(cuda::detail::CholeskyWorkspace::doubles(8));
+  const auto ws = cuda::detail::CholeskyWorkspace::carve(scratch.get(), 8);
+  const auto message = [&](auto&& call) {
+    try {
+      call();
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  EXPECT_NE(message([&] { cuda::detail::basis_gram(z.get(), 8, 8, g.get(), ws, nullptr, 3); }).find("stages=3"),
+            std::string::npos);
+  EXPECT_NE(message([&] { cuda::detail::basis_gram(z.get(), 8, 33, g.get(), ws, nullptr); }).find("k=33"),
+            std::string::npos);
+  EXPECT_NE(message([&] { cuda::detail::apply_inverse(z.get(), 0, 8, ws, z.get(), nullptr); }).find("rows=0"),
+            std::string::npos);
 }
 
 }  // namespace
