@@ -156,7 +156,7 @@ void micro(std::int64_t d, int k, std::int64_t rows) {
       const auto sws = xkv::cuda::detail::CholeskyWorkspace::carve(scratch.get(), k);
       xkv::cuda::DeviceBuffer<float> v32(std::size_t(d) * k);
       std::printf("  xkv basis_gram fp32 D x k   %8.3f ms\n", time_ms(stream.get(), [&] {
-        xkv::cuda::detail::basis_gram(z.get(), d, k, g.get(), sws, stream.get()); }));
+        xkv::cuda::detail::basis_gram(z.get(), d, k, g.get(), xkv::cuda::detail::GramScratch(sws, g.get()), stream.get()); }));
       std::printf("  xkv apply_inverse D x k     %8.3f ms\n", time_ms(stream.get(), [&] {
         xkv::cuda::detail::apply_inverse(z.get(), d, k, cws, v32.get(), stream.get()); }));
     }

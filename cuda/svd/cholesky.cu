@@ -9,18 +9,34 @@
 
 namespace xkv::cuda::detail {
 
-std::size_t CholeskyWorkspace::doubles(int k) {
-  const std::size_t padded = std::size_t((k + kCholTile - 1) / kCholTile) * kCholTile;
-  return 3 * padded * padded;
+namespace {
+int padded_side(int k) { return (k + kCholTile - 1) / kCholTile * kCholTile; }
+}  // namespace
+
+std::size_t CholeskyWorkspace::doubles(int k) { return 2 * doubles_in_place(k); }
+
+std::size_t CholeskyWorkspace::doubles_in_place(int k) {
+  const std::size_t padded = std::size_t(padded_side(k));
+  return padded * padded;
 }
+
+bool CholeskyWorkspace::can_factor_in_place(int k) { return k >= 1 && k % kCholTile == 0; }
 
 CholeskyWorkspace CholeskyWorkspace::carve(double* base, int k) {
   CholeskyWorkspace ws;
-  ws.padded = (k + kCholTile - 1) / kCholTile * kCholTile;
-  const std::size_t block = std::size_t(ws.padded) * ws.padded;
-  ws.l = base;
-  ws.w = base + block;
-  ws.work = base + 2 * block;
+  ws.padded = padded_side(k);
+  ws.w = base;
+  ws.work = base + std::size_t(ws.padded) * ws.padded;
+  return ws;
+}
+
+CholeskyWorkspace CholeskyWorkspace::carve_in_place(double* base, double* gram, int k) {
+  XKV_REQUIRE(can_factor_in_place(k), "CholeskyWorkspace::carve_in_place: k=" << k << " is not a multiple of "
+                                                                              << kCholTile);
+  CholeskyWorkspace ws;
+  ws.padded = padded_side(k);
+  ws.w = base;
+  ws.work = gram;
   return ws;
 }
 
@@ -37,14 +53,16 @@ void cholesky_inverse_batched(std::span<const CholeskyTask> tasks, int k, cudaSt
   batch.count = int(tasks.size());
   for (std::size_t i = 0; i < tasks.size(); ++i) {
     const CholeskyTask& t = tasks[i];
-    XKV_REQUIRE(k >= 1 && t.gram != nullptr && t.ws.l != nullptr && t.info != nullptr && t.ws.padded >= k &&
-                    t.ws.padded == tasks[0].ws.padded,
+    XKV_REQUIRE(k >= 1 && t.gram != nullptr && t.ws.w != nullptr && t.ws.work != nullptr && t.info != nullptr &&
+                    t.ws.padded >= k && t.ws.padded == tasks[0].ws.padded,
                 "cholesky_inverse: task " << i << ": k=" << k << ", padded side " << t.ws.padded);
+    XKV_REQUIRE(t.gram != t.ws.work || t.ws.padded == k,
+                "cholesky_inverse: task " << i << ": in place needs k=" << k << " to be the padded side "
+                                          << t.ws.padded);
     CholeskyParams& p = batch.m[i];
     p.gram = t.gram;
     p.k = k;
     p.tiles = t.ws.padded / kCholTile;
-    p.l = t.ws.l;
     p.w = t.ws.w;
     p.work = t.ws.work;
     p.info = t.info;

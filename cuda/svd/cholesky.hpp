@@ -9,21 +9,29 @@
 
 namespace xkv::cuda::detail {
 
-/// Device buffers of one factorisation of a k x k matrix, carved from `base`.
+/// Device buffers of one factorisation of a k x k matrix.
 struct CholeskyWorkspace {
-  double* l = nullptr;        ///< padded x padded, column-major: the lower factor L (G = L L^T)
-  double* w = nullptr;        ///< padded x padded, column-major: L^{-1}
-  double* work = nullptr;     ///< padded x padded
-  int padded = 0;             ///< k rounded up to the 32-wide tiles: the leading dimension of l and w
+  double* w = nullptr;     ///< padded x padded, column-major: L^{-1} (upper part zero)
+  /// padded x padded, column-major: the trailing matrix while factoring; on return its upper
+  /// triangle, diagonal included, holds R = L^T (G = R^T R) and its strictly lower tiles are scratch.
+  double* work = nullptr;
+  int padded = 0;             ///< k rounded up to the 32-wide tiles: the leading dimension of w and work
   int max_ctas = 0;           ///< 0: as many CTAs as the widest step can use (GpuCompressorOptions::cholesky_ctas)
 
-  /// Doubles `base` must hold for side k.
+  /// Doubles `base` must hold for side k (w and work).
   static std::size_t doubles(int k);
   static CholeskyWorkspace carve(double* base, int k);
+  /// Whether the factorisation can run in place in the Gram (k a whole number of tiles, so the
+  /// Gram's leading dimension k is work's).
+  static bool can_factor_in_place(int k);
+  /// Doubles `base` must hold for side k when the Gram is the working matrix (w only).
+  static std::size_t doubles_in_place(int k);
+  /// w from `base`, work = `gram` (which the factorisation overwrites); needs can_factor_in_place(k).
+  static CholeskyWorkspace carve_in_place(double* base, double* gram, int k);
 };
 
-/// L and L^{-1} of the SPD matrix whose upper triangle `gram` holds (k x k, column-major, ld k).
-/// Asynchronous on `stream`. A pivot that is not positive (or NaN) makes *info the 1-based
+/// R = L^T (into ws.work's upper triangle) and L^{-1} (ws.w) of the SPD matrix whose upper triangle
+/// `gram` holds (k x k, column-major, ld k; ws.work itself for an in-place workspace). Asynchronous on `stream`. A pivot that is not positive (or NaN) makes *info the 1-based
 /// index of the first such pivot (*info must be 0 before); the outputs are then meaningless.
 void cholesky_inverse(const double* gram, int k, const CholeskyWorkspace& ws, int* info, cudaStream_t stream);
 

@@ -12,6 +12,9 @@
 // Then L^{-1} by recursive doubling of 2 x 2 block inverses
 //   [A 0; B C]^{-1} = [A^{-1} 0; -C^{-1} (B A^{-1}) C^{-1}]   (two GEMM barriers per level).
 // The tile order is fixed, so the result is bit-identical run to run.
+// Memory: L^{-1} and one working matrix, which takes the trailing matrix in its lower tiles and
+// R = L^T in its upper ones (free as soon as the Gram is copied down), and which may be the Gram
+// itself: one k x k fp64 buffer beyond the input.
 // Batches: up to kCholMaxBatch matrices of one size share the launch and its barriers (each step's
 // work items interleaved over the matrices, the diagonal tiles first), so groups factored in
 // lockstep pay the chain of barriers once; every tile is computed as in a launch of its own.
@@ -31,9 +34,13 @@ struct CholeskyParams {
   const double* gram = nullptr;  ///< k x k column-major (ld k); only the upper triangle is read
   int k = 0;
   int tiles = 0;         ///< padded side / kCholTile
-  double* l = nullptr;     ///< padded x padded, column-major: lower Cholesky factor (upper part zero)
   double* w = nullptr;     ///< padded x padded, column-major: L^{-1} (upper part zero)
-  double* work = nullptr;  ///< padded x padded: the trailing matrix, then B A^{-1} products of the inverse
+  /// padded x padded, column-major. Its lower tiles hold the trailing matrix, then the B A^{-1}
+  /// products of the inverse; its upper triangle with the diagonal tiles receives R = L^T, tile by
+  /// tile as L is formed (R's tiles are read back transposed by the inverse). May be `gram` itself
+  /// when k == padded: the Gram's upper triangle is copied into the lower one before anything
+  /// writes the upper one.
+  double* work = nullptr;
   int* info = nullptr;   ///< 0, or the 1-based index of the first pivot that was not positive
 };
 
@@ -52,6 +59,7 @@ constexpr int kPerThread = kCholTile * kCholTile / kCholThreads;
 struct TileRef {
   const double* base;
   int row_tile, col_tile;
+  bool transposed = false;  ///< the tile at (row_tile, col_tile) lands in shared memory transposed
 };
 
 /// Loads N tiles with all global reads in flight before the first shared-memory write.
@@ -70,16 +78,19 @@ __device__ __forceinline__ void load(Tile* const (&dst)[N], const TileRef (&src)
   for (int t = 0; t < N; ++t)
 #pragma unroll
     for (int q = 0; q < kPerThread; ++q) {
-      const int e = threadIdx.x + q * kCholThreads;
-      (*dst[t])[e % kCholTile][e / kCholTile] = v[t][q];
+      const int e = threadIdx.x + q * kCholThreads, r = e % kCholTile, c = e / kCholTile;
+      if (src[t].transposed) (*dst[t])[c][r] = v[t][q];
+      else (*dst[t])[r][c] = v[t][q];
     }
 }
 
-__device__ __forceinline__ void store(const Tile& s, double* m, int ld, int row_tile, int col_tile) {
+__device__ __forceinline__ void store(const Tile& s, double* m, int ld, int row_tile, int col_tile,
+                                      bool transposed = false) {
 #pragma unroll
   for (int q = 0; q < kPerThread; ++q) {
     const int e = threadIdx.x + q * kCholThreads, r = e % kCholTile, c = e / kCholTile;
-    m[(std::size_t(row_tile) * kCholTile + r) + (std::size_t(col_tile) * kCholTile + c) * ld] = s[r][c];
+    m[(std::size_t(row_tile) * kCholTile + r) + (std::size_t(col_tile) * kCholTile + c) * ld] =
+        transposed ? s[c][r] : s[r][c];
   }
 }
 
@@ -174,14 +185,15 @@ __device__ __forceinline__ void lower_tile(int t, int& i, int& m) {
   m = t - i * (i + 1) / 2;
 }
 
-/// CTA-wide: factor the diagonal tile held in `d` (tile row/column j) and store L_jj, L_jj^{-1}.
+/// CTA-wide: factor the diagonal tile held in `d` (tile row/column j) and store R_jj = L_jj^T
+/// (into work, whose tile (j, j) nothing reads any more) and L_jj^{-1}.
 __device__ __forceinline__ void factor_and_store(const CholeskyParams& p, int j, Tile& d, Tile& inv) {
   __shared__ double pivot_inverse[kCholTile];
   __syncthreads();
   if (threadIdx.x < kCholTile) factor_tile_in_warp(d, inv, pivot_inverse, j * kCholTile, p);
   __syncthreads();
   const int ld = p.tiles * kCholTile;
-  store(d, p.l, ld, j, j);
+  store(d, p.work, ld, j, j, /*transposed=*/true);
   store(inv, p.w, ld, j, j);
 }
 
@@ -195,16 +207,17 @@ __global__ void __launch_bounds__(kCholThreads) cholesky_inverse_kernel(const __
   const int nt = batch.m[0].tiles, ld = nt * kCholTile;  // every matrix of a batch has the same size
   const std::size_t elements = std::size_t(ld) * ld;
 
-  // work <- lower triangle of the Gram (identity beyond k); L, W <- 0.
+  // Lower triangle of work <- the Gram's upper one, transposed (identity beyond k); W <- 0. The
+  // upper triangle of work is left alone: R fills it, and with work == gram (in place) it is
+  // still being read here. Reads (col, r) and writes (r, col), r >= col: no entry is both read
+  // and written by different threads.
   for (std::size_t e = blockIdx.x * std::size_t(blockDim.x) + threadIdx.x; e < nb * elements;
        e += std::size_t(gridDim.x) * blockDim.x) {
     const CholeskyParams& p = batch.m[e / elements];
     const std::size_t at = e % elements;
     const int r = int(at % ld), col = int(at / ld);
-    double v = 0;
-    if (r >= col) v = (r < p.k && col < p.k) ? p.gram[col + std::size_t(r) * p.k] : (r == col ? 1.0 : 0.0);
-    p.work[at] = v;
-    p.l[at] = 0;
+    if (r >= col)
+      p.work[at] = (r < p.k && col < p.k) ? p.gram[col + std::size_t(r) * p.k] : (r == col ? 1.0 : 0.0);
     p.w[at] = 0;
   }
   grid.sync();
@@ -240,7 +253,9 @@ __global__ void __launch_bounds__(kCholThreads) cholesky_inverse_kernel(const __
       li.write(a, 1.0);
       if (m != i) lm.write(b, 1.0);
       __syncthreads();
-      if (m == j + 1) chol::store(a, p.l, ld, i, j);  // each panel tile written by exactly one CTA
+      // Each panel tile written by exactly one CTA, as R_ji = L_ij^T into work's upper tile (j, i),
+      // which nothing reads during the factorisation.
+      if (m == j + 1) chol::store(a, p.work, ld, j, i, /*transposed=*/true);
       chol::Accumulator update;
       update.add(a, m != i ? b : a, /*transpose_q=*/true);
 #pragma unroll
@@ -263,7 +278,8 @@ __global__ void __launch_bounds__(kCholThreads) cholesky_inverse_kernel(const __
     const int pairs = (nt + 2 * span - 1) / (2 * span);
     const int per_pair = span * span;  // output tiles of a full pair (clipped ones skip)
     const int items = pairs * per_pair;
-    // Step 1: S = B * A^{-1}, B = L[C rows, A cols]; one output tile per work item.
+    // Step 1: S = B * A^{-1}, B = L[C rows, A cols] (= R^T: read from work's upper tiles, whereas S
+    // goes to its lower tiles); one output tile per work item.
     for (int t = int(blockIdx.x); t < nb * items; t += int(gridDim.x)) {
       const CholeskyParams& p = batch.m[t % nb];
       const int item = t / nb;
@@ -272,7 +288,7 @@ __global__ void __launch_bounds__(kCholThreads) cholesky_inverse_kernel(const __
       chol::Accumulator acc;
       for (int x = m; x < q + span; ++x) {  // A^{-1} is lower: rows x >= m contribute to column m
         chol::Tile* dst[2] = {&a, &b};
-        chol::load<2>(dst, {chol::TileRef{p.l, i, x}, chol::TileRef{p.w, x, m}}, ld);
+        chol::load<2>(dst, {chol::TileRef{p.work, x, i, /*transposed=*/true}, chol::TileRef{p.w, x, m}}, ld);
         __syncthreads();
         acc.add(a, b, /*transpose_q=*/false);
         __syncthreads();

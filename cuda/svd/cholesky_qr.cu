@@ -23,11 +23,11 @@ int multiprocessors() {
 
 /// Row slices for `tiles` output tiles: the count (1-4) whose CTAs finish soonest, counting whole
 /// waves of one CTA per multiprocessor (a slice's work shrinks as 1 / splits); ties to fewer.
-int choose_splits(int tiles, std::int64_t rows, int sms) {
+int choose_splits(int tiles, std::int64_t rows, int sms, int max_splits) {
   const std::int64_t max_by_rows = std::max<std::int64_t>(1, rows / (4 * cqr::kChunk));
   int best = 1;
   double best_time = 1e300;
-  for (int s = 1; s <= std::min<std::int64_t>(cqr::kMaxSplits, max_by_rows); ++s) {
+  for (int s = 1; s <= std::min<std::int64_t>(max_splits, max_by_rows); ++s) {
     const double waves = double((std::int64_t(tiles) * s + sms - 1) / sms);
     const double time = waves / s;
     if (time < best_time - 1e-12) {
@@ -61,9 +61,10 @@ void launch(Kernel kernel, int stages, dim3 grid, const Params& p, cudaStream_t 
 
 }  // namespace
 
-void basis_gram(const float* z, std::int64_t rows, int k, double* g, const CholeskyWorkspace& scratch,
+void basis_gram(const float* z, std::int64_t rows, int k, double* g, const GramScratch& scratch,
                 cudaStream_t stream, int stages) {
-  XKV_REQUIRE(z != nullptr && g != nullptr && rows >= 1 && k >= 1 && scratch.padded >= k,
+  static_assert(GramScratch::kMaxBuffers + 1 == cqr::kMaxSplits, "one slice per buffer, and g");
+  XKV_REQUIRE(z != nullptr && g != nullptr && rows >= 1 && k >= 1 && (scratch.count == 0 || scratch.padded >= k),
               "basis_gram: rows=" << rows << ", k=" << k << ", scratch side " << scratch.padded);
   const int side = (k + cqr::kTile - 1) / cqr::kTile;
   const int tiles = side * (side + 1) / 2;
@@ -72,13 +73,14 @@ void basis_gram(const float* z, std::int64_t rows, int k, double* g, const Chole
   p.rows = rows;
   p.ld = rows;
   p.k = k;
-  p.splits = choose_splits(tiles, rows, multiprocessors());
+  p.splits = choose_splits(tiles, rows, multiprocessors(), 1 + scratch.count);
   const std::int64_t per_split = (rows + p.splits - 1) / p.splits;
   p.split_rows = (per_split + cqr::kChunk - 1) / cqr::kChunk * cqr::kChunk;
-  double* const outs[cqr::kMaxSplits] = {g, scratch.l, scratch.w, scratch.work};
-  for (int s = 0; s < cqr::kMaxSplits; ++s) {
-    p.out[s] = outs[s];
-    p.out_ld[s] = s == 0 ? k : scratch.padded;
+  p.out[0] = g;
+  p.out_ld[0] = k;
+  for (int s = 1; s < p.splits; ++s) {
+    p.out[s] = scratch.buffers[s - 1];
+    p.out_ld[s] = scratch.padded;
   }
   const dim3 grid(unsigned(tiles), unsigned(p.splits));
   if (stages_for(stages, "basis_gram") == 2) launch(gram_partials_kernel<2>, 2, grid, p, stream);

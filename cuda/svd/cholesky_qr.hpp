@@ -10,13 +10,33 @@
 
 namespace xkv::cuda::detail {
 
+/// Buffers besides g where basis_gram's row slices may keep their partial sums: each padded x
+/// padded doubles (column-major, ld padded), overwritten. Each buffer allows one more slice
+/// (up to 3): more CTAs when the Gram has few tiles. The slice count, and so the bits of the sum,
+/// depends only on k, the rows, the multiprocessor count and how many buffers there are.
+struct GramScratch {
+  static constexpr int kMaxBuffers = 3;
+  double* buffers[kMaxBuffers] = {};
+  int count = 0;
+  int padded = 0;
+
+  explicit GramScratch(int padded_side) : padded(padded_side) {}
+  /// A Cholesky workspace's w, and its work unless that is the Gram itself (in place).
+  GramScratch(const CholeskyWorkspace& chol, const double* g) : padded(chol.padded) {
+    add(chol.w);
+    if (chol.work != g) add(chol.work);
+  }
+  void add(double* buffer) {
+    if (buffer != nullptr && count < kMaxBuffers) buffers[count++] = buffer;
+  }
+};
+
 /// g (k x k, column-major, ld k; upper triangle only) = Z^T Z for Z (rows x k, fp32, column-major,
-/// ld rows), summed in fp64. The row slices' partial sums use l, w and work of `scratch` (a
-/// Cholesky workspace for side k, whose contents are overwritten) and are added in a fixed order:
-/// the result is the same bits every run on one device. Asynchronous on `stream`. `stages`: shared
-/// memory stages of the launch (1 or 2; 0: two where the device's shared memory per block holds
-/// them, ~139 KB, as on sm_80 and sm_90); the bits do not depend on it.
-void basis_gram(const float* z, std::int64_t rows, int k, double* g, const CholeskyWorkspace& scratch,
+/// ld rows), summed in fp64. The row slices' partial sums go to g and the buffers of `scratch` and
+/// are added in a fixed order: the result is the same bits every run on one device. Asynchronous
+/// on `stream`. `stages`: shared memory stages of the launch (1 or 2; 0: two where the device's
+/// shared memory per block holds them, ~139 KB, as on sm_80 and sm_90); the bits do not depend on it.
+void basis_gram(const float* z, std::int64_t rows, int k, double* g, const GramScratch& scratch,
                 cudaStream_t stream, int stages = 0);
 
 /// v (rows x k, column-major, ld rows, in Out) = Z L^{-T}, with L^{-1} from `chol` (cholesky_inverse's

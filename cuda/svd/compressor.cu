@@ -170,15 +170,22 @@ void run_subspace(CompressorState& st, const Plan& plan, const SvdArguments<T>& 
   auto* stage = ws.get<T>(plan.off_stage);
   T* yc = args.a;  // plan.y_in_a: each round's Y lives in the A output until A = X V replaces it
   auto* z = ws.get<float>(plan.off_z);
-  auto* v = ws.get<T>(plan.off_v);
+  // plan.v_in_b: the basis lives in the B output (read by the next round's Y = X V, rewritten by
+  // CholeskyQR after that round's Z = X^T Y; dead in between).
+  T* v = plan.v_in_b ? args.b : ws.get<T>(plan.off_v);
   // plan.g_in_a: the Gram is consumed by each round's factorisation before the next Y overwrites it.
-  const auto a_at = reinterpret_cast<std::uintptr_t>(args.a);
-  auto* g = plan.g_in_a ? reinterpret_cast<double*>((a_at + alignof(double) - 1) / alignof(double) * alignof(double))
-                        : ws.get<double>(plan.off_g);
+  double* g = plan.g_in_a ? aligned_doubles(args.a) : ws.get<double>(plan.off_g);
   auto* partials = ws.get<double>(plan.off_partials);
   auto* energies = ws.get<double>(plan.off_energies);
   auto* info = ws.get<int>(plan.off_info);
-  const CholeskyWorkspace chol = carve_cholesky(st, ws.get<double>(plan.off_chol), r);
+  CholeskyWorkspace chol = plan.chol_in_place
+                               ? CholeskyWorkspace::carve_in_place(ws.get<double>(plan.off_chol), g, r)
+                               : CholeskyWorkspace::carve(ws.get<double>(plan.off_chol), r);
+  chol.max_ctas = st.cholesky_ctas;
+  // The Gram's row slices also use what of A and B is dead while CholeskyQR runs.
+  GramScratch scratch(chol, g);
+  if (plan.gram_slot_in_a) scratch.add(g + std::size_t(r) * r);
+  if (plan.gram_slot_in_b) scratch.add(aligned_doubles(args.b));
 
   gaussian_kernel<T><<<grid_for(d * r), kThreads, 0, stream>>>(v, d * r, st.seed);
   check_launch();
@@ -187,10 +194,12 @@ void run_subspace(CompressorState& st, const Plan& plan, const SvdArguments<T>& 
     sketch_pass(st, plan, tab, v, r, stage, yc, z, round == 0 && args.energies ? partials : nullptr, stream);
     // One CholeskyQR pass leaves V^T V - I at about cond(Z)^2 * 1e-16 in fp64, far below the
     // 16-bit rounding of B = V^T that follows, so the last basis needs no second pass.
-    cholesky_qr_fp32(z, v, d, r, g, chol, info + slot++, stream, round == 0 ? info + kNonFiniteSlot : nullptr);
+    cholesky_qr_fp32(z, v, d, r, g, chol, scratch, info + slot++, stream,
+                     round == 0 ? info + kNonFiniteSlot : nullptr);
   }
-  // V (d x r, column-major) is both B^T and the right factor of A = X V.
-  finish_subspace(st, plan, tab, args, v, stage, partials, energies, stream);
+  // V (d x r, column-major) is both B^T and the right factor of A = X V; Z is dead, so it takes
+  // V's copy when V is in B.
+  finish_subspace(st, plan, tab, args, v, reinterpret_cast<T*>(z), stage, partials, energies, stream);
 }
 
 template <class T>

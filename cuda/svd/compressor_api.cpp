@@ -183,7 +183,31 @@ Plan make_plan(CompressorState& st, const GpuCompressorOptions& opt, const SvdAr
     // Y is dead while CholeskyQR runs, so the k x k fp64 Gram of Z can borrow the A output too
     // where it fits (n >= ~4k in 16 bits), at A's first 8-byte boundary: the workspace size
     // depends on the shapes only, not on where A is.
-    p.g_in_a = p.y_in_a && double(p.n) * k * double(st_bytes) >= double(k) * k * sizeof(double) + alignof(double);
+    const double a_bytes = double(p.n) * k * double(st_bytes), b_bytes = double(d) * k * double(st_bytes);
+    const double gram_bytes = double(k) * k * sizeof(double);
+    const double slot_bytes = double(CholeskyWorkspace::doubles_in_place(k)) * sizeof(double);
+    p.g_in_a = p.y_in_a && a_bytes >= gram_bytes + alignof(double);
+    // Factoring in place in that Gram leaves the Cholesky one k x k buffer of its own (L^{-1}).
+    p.chol_in_place = p.g_in_a && CholeskyWorkspace::can_factor_in_place(k);
+    p.gram_slot_in_a = p.g_in_a && a_bytes >= gram_bytes + slot_bytes + alignof(double);
+    // V is read by each round's Y = X V and rewritten by its CholeskyQR: between the two, and
+    // until the end, the B output (B = V^T has V's size) is free, so V lives there; A = X V is
+    // formed before B is written from a copy of V (in Z's place, dead by then).
+    p.v_in_b = p.y_in_a;
+    p.gram_slot_in_b = p.v_in_b && b_bytes >= slot_bytes + alignof(double);
+    if (p.y_in_a && !p.direct) {
+      // Staged layers: the token chunk gets what the fixed buffers leave of half the input (1% kept
+      // for partial sums, status words and alignment), within the staging budget, and >= 256 rows.
+      const double fixed =
+          double(p.chol_in_place ? CholeskyWorkspace::doubles_in_place(k) : CholeskyWorkspace::doubles(k)) *
+              sizeof(double) +
+          double(d) * k * sizeof(float) + (p.v_in_b ? 0 : b_bytes) + (p.g_in_a ? 0 : gram_bytes);
+      const double fit_rows = (0.49 * input_bytes - fixed) / (double(d) * double(st_bytes));
+      const std::int64_t min_rows = std::min<std::int64_t>(p.n, 256);
+      p.chunk_rows = std::clamp<std::int64_t>(std::min<std::int64_t>(p.chunk_rows, std::int64_t(std::max(fit_rows, 0.0))),
+                                              min_rows, p.n);
+      if (p.chunk_rows < p.n) p.chunk_rows = round_down(p.chunk_rows, 64);
+    }
     const std::int64_t chunks = (p.n + p.chunk_rows - 1) / p.chunk_rows;
     std::size_t pd = 0, ph = 0;
     if (ritz) {  // only the Rayleigh-Ritz eigensolver needs cuSOLVER workspace
@@ -216,13 +240,14 @@ Plan make_plan(CompressorState& st, const GpuCompressorOptions& opt, const SvdAr
     // Rayleigh-Ritz needs whole fp64 copies of the sketch and the basis; subspace iteration's
     // CholeskyQR reads the fp32 sketch Z directly.
     const std::size_t fp64_copy = ritz ? std::size_t(d) * k * sizeof(double) : 0;
-    p.off_chol = arena.take(CholeskyWorkspace::doubles(k) * sizeof(double));
+    p.off_chol = arena.take((p.chol_in_place ? CholeskyWorkspace::doubles_in_place(k) : CholeskyWorkspace::doubles(k)) *
+                            sizeof(double));
     p.off_stage = arena.take(p.direct ? 0 : std::size_t(p.chunk_rows * d) * st_bytes);
     p.off_yc = arena.take(p.y_in_a ? 0 : std::size_t(p.chunk_rows) * k * st_bytes);
     p.off_z = arena.take(std::size_t(d) * k * sizeof(float));
     p.off_zd = arena.take(fp64_copy);
     p.off_vd = arena.take(fp64_copy);
-    p.off_v = arena.take(std::size_t(d) * k * st_bytes);
+    p.off_v = arena.take(p.v_in_b ? 0 : std::size_t(d) * k * st_bytes);
     p.off_g = arena.take(p.g_in_a ? 0 : std::size_t(k) * k * sizeof(double));
     if (ritz) {
       p.off_vrt = arena.take(std::size_t(d * r) * st_bytes);

@@ -80,11 +80,11 @@ void run_gram_subspace(CompressorState& st, const Plan& plan, const SvdArguments
          CUBLAS_COMPUTE_32F_FAST_TF32);
     int* nonfinite = round == 0 ? info + kNonFiniteSlot : nullptr;  // NaN or Inf in X reaches G, then Z
     if (round < plan.power_iterations)
-      cholesky_qr_fp32(z, v32, d, r, g, chol, info + slot++, stream, nonfinite);
+      cholesky_qr_fp32(z, v32, d, r, g, chol, GramScratch(chol, g), info + slot++, stream, nonfinite);
     else  // the last basis goes straight to T: it is B^T and the right factor of A = X V
-      cholesky_qr_fp32(z, v, d, r, g, chol, info + slot++, stream, nonfinite);
+      cholesky_qr_fp32(z, v, d, r, g, chol, GramScratch(chol, g), info + slot++, stream, nonfinite);
   }
-  finish_subspace(st, plan, tab, args, v, stage, partials, energies, stream);
+  finish_subspace(st, plan, tab, args, v, static_cast<T*>(nullptr), stage, partials, energies, stream);
 }
 
 template <class T>
@@ -142,7 +142,7 @@ void run_gram_subspace_lockstep(std::span<const GramJob<T>> jobs, cudaStream_t f
         const std::int64_t d = job.plan->d;
         gemm(job.st->blas, CUBLAS_OP_N, CUBLAS_OP_N, d, r, d, b.gram, CUDA_R_32F, d, b.v32, CUDA_R_32F, d, 0.0f, b.z,
              CUDA_R_32F, d, CUBLAS_COMPUTE_32F_FAST_TF32);
-        cholesky_qr_gram(b.z, d, r, b.g, b.chol, job.stream, round == 0 ? b.info + kNonFiniteSlot : nullptr);
+        cholesky_qr_gram(b.z, d, r, b.g, GramScratch(b.chol, b.g), job.stream, round == 0 ? b.info + kNonFiniteSlot : nullptr);
         XKV_CUDA_CHECK(cudaEventRecord(ready[j], job.stream));
         XKV_CUDA_CHECK(cudaStreamWaitEvent(factor_stream, ready[j]));
         tasks[j] = {b.g, b.chol, b.info + round};
@@ -162,8 +162,8 @@ void run_gram_subspace_lockstep(std::span<const GramJob<T>> jobs, cudaStream_t f
     }
     for (std::size_t j = 0; j < jobs.size(); ++j) {
       Buffers& b = bufs[j];
-      finish_subspace(*jobs[j].st, *jobs[j].plan, b.tab, *jobs[j].args, b.v, b.stage, b.partials, b.energies,
-                      jobs[j].stream);
+      finish_subspace(*jobs[j].st, *jobs[j].plan, b.tab, *jobs[j].args, b.v, static_cast<T*>(nullptr), b.stage,
+                      b.partials, b.energies, jobs[j].stream);
     }
   } catch (...) {
     release();

@@ -87,6 +87,10 @@ struct Plan {
   int gram_blocks = 1;         ///< G is built as this many upper block-rows
   bool y_in_a = false;         ///< sketch subspace: each round's Y = X V is kept in the A output
   bool g_in_a = false;         ///< ... and CholeskyQR's k x k Gram too (at A's first 8-byte boundary)
+  bool chol_in_place = false;  ///< ... which is also the Cholesky's working matrix (k a whole number of tiles)
+  bool gram_slot_in_a = false;  ///< ... with room after it for one row slice of the Gram product
+  bool v_in_b = false;          ///< sketch subspace: the basis V (d x k in T) lives in the B output
+  bool gram_slot_in_b = false;  ///< ... which holds one row slice of the Gram product while V is dead
 
   std::size_t solver_bytes = 0;
   std::size_t off_stage = 0, off_yc = 0, off_z = 0, off_zd = 0, off_vd = 0, off_v = 0, off_vrt = 0, off_g = 0,

@@ -22,6 +22,14 @@ inline int grid_for(std::int64_t count) {
 
 inline void check_launch() { XKV_CUDA_CHECK(cudaGetLastError()); }
 
+/// The first 8-byte boundary at or after p: where fp64 scratch borrowed from an output starts
+/// (plans reserve alignof(double) bytes for it, so sizes never depend on where outputs are).
+template <class T>
+double* aligned_doubles(T* p) {
+  const auto at = reinterpret_cast<std::uintptr_t>(p);
+  return reinterpret_cast<double*>((at + alignof(double) - 1) / alignof(double) * alignof(double));
+}
+
 template <class T>
 LayerTable<T> make_table(std::span<const KVView<T>> layers) {
   LayerTable<T> tab{};
@@ -117,13 +125,14 @@ inline void cholesky_qr(CompressorState& st, const double* x, double* out, std::
 
 /// CholeskyQR of z (rows x k, fp32, column-major) into out (rows x k, column-major): R^T R =
 /// z^T z + shift summed in fp64 into g, then out = z R^{-1}, both products on the fp64 tensor cores
-/// straight from the fp32 z (cholesky_qr.hpp; the row slices of the Gram borrow chol's buffers,
-/// which the factorisation overwrites next). `nonfinite` flags NaN or Inf in z (through g).
-/// In two halves around the factorisation, so that groups run in lockstep can share one batched
-/// Cholesky launch: cholesky_qr_gram, then cholesky_inverse(_batched) of g, then cholesky_qr_apply.
-inline void cholesky_qr_gram(const float* z, std::int64_t rows, int k, double* g, const CholeskyWorkspace& chol,
+/// straight from the fp32 z (cholesky_qr.hpp; the row slices of the Gram borrow `scratch`, usually
+/// chol's buffers, which the factorisation overwrites next). `nonfinite` flags NaN or Inf in z
+/// (through g). In two halves around the factorisation, so that groups run in lockstep can share
+/// one batched Cholesky launch: cholesky_qr_gram, then cholesky_inverse(_batched) of g, then
+/// cholesky_qr_apply.
+inline void cholesky_qr_gram(const float* z, std::int64_t rows, int k, double* g, const GramScratch& scratch,
                              cudaStream_t stream, int* nonfinite = nullptr) {
-  basis_gram(z, rows, k, g, chol, stream);
+  basis_gram(z, rows, k, g, scratch, stream);
   if (nonfinite) {
     flag_nonfinite_kernel<double><<<1, 256, 0, stream>>>(g, k, nonfinite, k + 1);
     check_launch();
@@ -140,8 +149,8 @@ void cholesky_qr_apply(const float* z, Out* out, std::int64_t rows, int k, const
 
 template <class Out>
 void cholesky_qr_fp32(const float* z, Out* out, std::int64_t rows, int k, double* g, const CholeskyWorkspace& chol,
-                      int* info, cudaStream_t stream, int* nonfinite = nullptr) {
-  cholesky_qr_gram(z, rows, k, g, chol, stream, nonfinite);
+                      const GramScratch& scratch, int* info, cudaStream_t stream, int* nonfinite = nullptr) {
+  cholesky_qr_gram(z, rows, k, g, scratch, stream, nonfinite);
   cholesky_inverse(g, k, chol, info, stream);
   cholesky_qr_apply(z, out, rows, k, chol, stream);
 }
@@ -187,16 +196,22 @@ inline void reduce_input_energy(const Plan& plan, const double* partials, double
 }
 
 /// The subspace methods' outputs from their last basis V (d x r in T, column-major, orthonormal):
-/// B = V^T, A = X V and, with args.energies, {||X||^2 (summed from the partial sums the first read
-/// of X left in `partials`), ||A||^2 = ||X V||^2 (what the projection onto V keeps)}.
+/// A = X V, B = V^T and, with args.energies, {||X||^2 (summed from the partial sums the first read
+/// of X left in `partials`), ||A||^2 = ||X V||^2 (what the projection onto V keeps)}. V may live
+/// in the B output itself (plan.v_in_b): it is then copied to `v_copy` (d x r in T) after A is
+/// formed, and B written from the copy.
 template <class T>
 void finish_subspace(CompressorState& st, const Plan& plan, const LayerTable<T>& tab, const SvdArguments<T>& args,
-                     const T* v, T* stage, double* partials, double* energies, cudaStream_t stream) {
+                     const T* v, T* v_copy, T* stage, double* partials, double* energies, cudaStream_t stream) {
   const std::int64_t d = plan.d;
   const int r = plan.rank;
+  project_rows(st, plan, tab, v, r, stage, args.a, stream);
+  if (v == args.b) {
+    XKV_CUDA_CHECK(cudaMemcpyAsync(v_copy, v, std::size_t(d) * r * sizeof(T), cudaMemcpyDeviceToDevice, stream));
+    v = v_copy;
+  }
   write_b_blocks_kernel<T, T><<<grid_for(d * r), kThreads, 0, stream>>>(v, d, r, plan.width, args.b);
   check_launch();
-  project_rows(st, plan, tab, v, r, stage, args.a, stream);
   if (args.energies) {
     reduce_input_energy(plan, partials, energies, stream);
     sum_squares_kernel<T><<<kSumBlocks, 256, 0, stream>>>(args.a, plan.n * r, partials);

@@ -21,14 +21,26 @@ struct Factored {
   int info = 0;
 };
 
+/// L = R^T from the upper triangle (diagonal included) of a workspace's `work` (ld x ld).
+Eigen::MatrixXd factor_from_work(const double* work, int ld, int k) {
+  std::vector<double> host(std::size_t(ld) * ld);
+  XKV_CUDA_CHECK(cudaMemcpy(host.data(), work, host.size() * sizeof(double), cudaMemcpyDeviceToHost));
+  const Eigen::Map<Eigen::MatrixXd> all(host.data(), ld, ld);
+  const Eigen::MatrixXd r = all.topLeftCorner(k, k).triangularView<Eigen::Upper>();
+  return r.transpose();
+}
+
 /// Uploads g as k x k column-major with its strict lower triangle poisoned (NaN), factors it on a
-/// NaN-poisoned workspace, and downloads the leading k x k parts of L and L^{-1}.
-Factored factor_on_device(const Eigen::MatrixXd& g, int max_ctas = 0) {
+/// NaN-poisoned workspace (or in place in the uploaded Gram: k a multiple of 32), and downloads
+/// the leading k x k parts of L (= R^T, from work's upper triangle) and L^{-1}.
+Factored factor_on_device(const Eigen::MatrixXd& g, int max_ctas = 0, bool in_place = false) {
   const int k = int(g.rows());
   Eigen::MatrixXd upper_only = g;
   for (int j = 0; j < k; ++j)
     for (int i = j + 1; i < k; ++i) upper_only(i, j) = std::numeric_limits<double>::quiet_NaN();
-  cuda::DeviceBuffer<double> gram(std::size_t(k) * k), work(cuda::detail::CholeskyWorkspace::doubles(k));
+  using cuda::detail::CholeskyWorkspace;
+  cuda::DeviceBuffer<double> gram(std::size_t(k) * k),
+      work(in_place ? CholeskyWorkspace::doubles_in_place(k) : CholeskyWorkspace::doubles(k));
   cuda::DeviceBuffer<int> info(1);
   // Everything on the kernel's stream: a non-blocking stream does not wait for legacy-stream
   // copies and memsets, so mixing them would race the poison against the kernel.
@@ -36,18 +48,17 @@ Factored factor_on_device(const Eigen::MatrixXd& g, int max_ctas = 0) {
   XKV_CUDA_CHECK(cudaMemcpyAsync(gram.get(), upper_only.data(), gram.bytes(), cudaMemcpyHostToDevice, stream.get()));
   XKV_CUDA_CHECK(cudaMemsetAsync(work.get(), 0xff, work.bytes(), stream.get()));  // all-ones bytes: NaN doubles
   XKV_CUDA_CHECK(cudaMemsetAsync(info.get(), 0, sizeof(int), stream.get()));
-  auto ws = cuda::detail::CholeskyWorkspace::carve(work.get(), k);
+  auto ws = in_place ? CholeskyWorkspace::carve_in_place(work.get(), gram.get(), k) : CholeskyWorkspace::carve(work.get(), k);
   ws.max_ctas = max_ctas;
   cuda::detail::cholesky_inverse(gram.get(), k, ws, info.get(), stream.get());
   XKV_CUDA_CHECK(cudaStreamSynchronize(stream.get()));
   const int ld = ws.padded;
-  std::vector<double> l(std::size_t(ld) * ld), w(l.size());
-  XKV_CUDA_CHECK(cudaMemcpy(l.data(), ws.l, l.size() * sizeof(double), cudaMemcpyDeviceToHost));
+  std::vector<double> w(std::size_t(ld) * ld);
   XKV_CUDA_CHECK(cudaMemcpy(w.data(), ws.w, w.size() * sizeof(double), cudaMemcpyDeviceToHost));
   Factored f;
   XKV_CUDA_CHECK(cudaMemcpy(&f.info, info.get(), sizeof(int), cudaMemcpyDeviceToHost));
-  const Eigen::Map<Eigen::MatrixXd> lp(l.data(), ld, ld), wp(w.data(), ld, ld);
-  f.l = lp.topLeftCorner(k, k);
+  const Eigen::Map<Eigen::MatrixXd> wp(w.data(), ld, ld);
+  f.l = factor_from_work(ws.work, ld, k);
   f.w = wp.topLeftCorner(k, k);
   return f;
 }
@@ -74,7 +85,6 @@ TEST(GpuCholesky, FactorAndInverseAtAwkwardSizes) {
     const Factored f = factor_on_device(g);
     ASSERT_EQ(f.info, 0);
     ASSERT_TRUE(f.l.allFinite() && f.w.allFinite());
-    EXPECT_EQ(f.l.triangularView<Eigen::StrictlyUpper>().toDenseMatrix().norm(), 0.0);
     EXPECT_EQ(f.w.triangularView<Eigen::StrictlyUpper>().toDenseMatrix().norm(), 0.0);
     // Backward error of Cholesky is k * eps-sized whatever the conditioning.
     EXPECT_LE((f.l * f.l.transpose() - g).norm(), 1e-13 * k * g.norm());
@@ -85,6 +95,27 @@ TEST(GpuCholesky, FactorAndInverseAtAwkwardSizes) {
     const Eigen::MatrixXd ref = g.llt().matrixL();
     EXPECT_LE((f.l - ref).norm(), 1e-12 * k * std::sqrt(condition) * ref.norm());
   }
+}
+
+// Factoring in place in the Gram (CholeskyWorkspace::carve_in_place: the sketch subspace's
+// compact workspace) does the same arithmetic: bit-identical factors.
+TEST(GpuCholesky, InPlaceGivesTheSameFactors) {
+  XKV_SKIP_WITHOUT_GPU();
+  for (const int k : {32, 64, 512}) {
+    SCOPED_TRACE(::testing::Message() << "k=" << k << " seed=" << test_seed());
+    const Eigen::MatrixXd g = spd_matrix(k, 1e6, test_seed() + 5 + std::uint64_t(k));
+    const Factored separate = factor_on_device(g);
+    const Factored in_place = factor_on_device(g, 0, /*in_place=*/true);
+    ASSERT_EQ(separate.info, 0);
+    ASSERT_EQ(in_place.info, 0);
+    ASSERT_TRUE(in_place.l.allFinite() && in_place.w.allFinite());
+    EXPECT_LE((in_place.l * in_place.l.transpose() - g).norm(), 1e-13 * k * g.norm());
+    EXPECT_EQ((in_place.l - separate.l).norm(), 0.0);
+    EXPECT_EQ((in_place.w - separate.w).norm(), 0.0);
+  }
+  // Only a whole number of tiles can share the Gram's leading dimension.
+  EXPECT_FALSE(cuda::detail::CholeskyWorkspace::can_factor_in_place(33));
+  EXPECT_THROW((void)cuda::detail::CholeskyWorkspace::carve_in_place(nullptr, nullptr, 33), Error);
 }
 
 // A capped grid (GpuCompressorOptions::cholesky_ctas) walks the same tiles in the same order,
@@ -140,12 +171,11 @@ TEST(GpuCholesky, BatchedLaunchGivesEachMatrixItsOwnFactors) {
       EXPECT_EQ(infos[std::size_t(m)], alone[std::size_t(m)].info);
       EXPECT_EQ(infos[std::size_t(m)] != 0, m == 2);
       const int ld = tasks[std::size_t(m)].ws.padded;
-      std::vector<double> l(std::size_t(ld) * ld), w(l.size());
-      XKV_CUDA_CHECK(cudaMemcpy(l.data(), tasks[std::size_t(m)].ws.l, l.size() * sizeof(double), cudaMemcpyDeviceToHost));
+      std::vector<double> w(std::size_t(ld) * ld);
       XKV_CUDA_CHECK(cudaMemcpy(w.data(), tasks[std::size_t(m)].ws.w, w.size() * sizeof(double), cudaMemcpyDeviceToHost));
       if (m == 2) continue;  // a failed factorisation's output is meaningless
-      const Eigen::Map<Eigen::MatrixXd> lp(l.data(), ld, ld), wp(w.data(), ld, ld);
-      EXPECT_EQ((lp.topLeftCorner(k, k) - alone[std::size_t(m)].l).norm(), 0.0);
+      const Eigen::Map<Eigen::MatrixXd> wp(w.data(), ld, ld);
+      EXPECT_EQ((factor_from_work(tasks[std::size_t(m)].ws.work, ld, k) - alone[std::size_t(m)].l).norm(), 0.0);
       EXPECT_EQ((wp.topLeftCorner(k, k) - alone[std::size_t(m)].w).norm(), 0.0);
     }
   }

@@ -42,16 +42,20 @@ struct Sizes {
 };
 const Sizes kSizes[] = {{1, 1}, {33, 24}, {65, 100}, {1100, 100}, {777, 130}, {4096, 130}, {2048, 512}};
 
-/// g = Z^T Z on the device: g and the scratch workspace poisoned with NaN first.
-std::vector<double> gram_on_device(const std::vector<float>& z, std::int64_t rows, int k, int stages = 0) {
+/// g = Z^T Z on the device with `buffers` scratch buffers for the row slices (0-3): g and the
+/// scratch poisoned with NaN first.
+std::vector<double> gram_on_device(const std::vector<float>& z, std::int64_t rows, int k, int stages = 0,
+                                   int buffers = cuda::detail::GramScratch::kMaxBuffers) {
+  const int padded = (k + 31) / 32 * 32;
   cuda::DeviceBuffer<float> dz(z.size());
-  cuda::DeviceBuffer<double> g(std::size_t(k) * k), scratch(cuda::detail::CholeskyWorkspace::doubles(k));
+  cuda::DeviceBuffer<double> g(std::size_t(k) * k), scratch(std::size_t(3) * padded * padded);
   cuda::Stream stream;
   XKV_CUDA_CHECK(cudaMemcpyAsync(dz.get(), z.data(), dz.bytes(), cudaMemcpyHostToDevice, stream.get()));
   XKV_CUDA_CHECK(cudaMemsetAsync(g.get(), 0xff, g.bytes(), stream.get()));  // all-ones bytes: NaN doubles
   XKV_CUDA_CHECK(cudaMemsetAsync(scratch.get(), 0xff, scratch.bytes(), stream.get()));
-  cuda::detail::basis_gram(dz.get(), rows, k, g.get(), cuda::detail::CholeskyWorkspace::carve(scratch.get(), k),
-                           stream.get(), stages);
+  cuda::detail::GramScratch slices(padded);
+  for (int b = 0; b < buffers; ++b) slices.add(scratch.get() + std::size_t(b) * padded * padded);
+  cuda::detail::basis_gram(dz.get(), rows, k, g.get(), slices, stream.get(), stages);
   stream.synchronize();
   std::vector<double> out(g.size());
   XKV_CUDA_CHECK(cudaMemcpy(out.data(), g.get(), g.bytes(), cudaMemcpyDeviceToHost));
@@ -66,17 +70,22 @@ TEST(GpuCholeskyQr, GramOfAnFp32BasisMatchesFp64) {
     const Eigen::MatrixXd zm = as_matrix(z, s.rows, s.k);
     const Eigen::MatrixXd ref = zm.transpose() * zm;  // products of floats are exact in fp64
     const std::vector<double> g = gram_on_device(z, s.rows, s.k);
-    const Eigen::Map<const Eigen::MatrixXd> gm(g.data(), s.k, s.k);
-    double err = 0;
-    bool lower_untouched = true;
-    for (int j = 0; j < s.k; ++j)
-      for (int i = 0; i < s.k; ++i) {
-        if (i <= j) err = std::max(err, std::abs(gm(i, j) - ref(i, j)) / std::sqrt(ref(i, i) * ref(j, j)));
-        else lower_untouched = lower_untouched && std::isnan(gm(i, j));
-      }
-    // fp64 sums of exact products: rows * eps relative to the Cauchy-Schwarz bound of each entry.
-    EXPECT_LE(err, 1e-16 * double(s.rows) + 1e-15);
-    EXPECT_TRUE(lower_untouched) << "only the upper triangle is written";
+    // Fewer scratch buffers, fewer row slices (down to one): other sums, the same accuracy.
+    for (int buffers = 0; buffers <= cuda::detail::GramScratch::kMaxBuffers; ++buffers) {
+      const std::vector<double> gb =
+          buffers == cuda::detail::GramScratch::kMaxBuffers ? g : gram_on_device(z, s.rows, s.k, 0, buffers);
+      const Eigen::Map<const Eigen::MatrixXd> gm(gb.data(), s.k, s.k);
+      double err = 0;
+      bool lower_untouched = true;
+      for (int j = 0; j < s.k; ++j)
+        for (int i = 0; i < s.k; ++i) {
+          if (i <= j) err = std::max(err, std::abs(gm(i, j) - ref(i, j)) / std::sqrt(ref(i, i) * ref(j, j)));
+          else lower_untouched = lower_untouched && std::isnan(gm(i, j));
+        }
+      // fp64 sums of exact products: rows * eps relative to the Cauchy-Schwarz bound of each entry.
+      EXPECT_LE(err, 1e-16 * double(s.rows) + 1e-15) << "scratch buffers " << buffers;
+      EXPECT_TRUE(lower_untouched) << "only the upper triangle is written; scratch buffers " << buffers;
+    }
     // Fixed tiles and a fixed order for the row slices' partial sums: the same bits again, and
     // with one shared-memory stage (devices with less shared memory) as with two.
     for (const int stages : {2, 1}) {
@@ -143,6 +152,7 @@ TEST(GpuCholeskyQr, BadArgumentsAreNamed) {
   cuda::DeviceBuffer<float> z(64);
   cuda::DeviceBuffer<double> g(64), scratch(cuda::detail::CholeskyWorkspace::doubles(8));
   const auto ws = cuda::detail::CholeskyWorkspace::carve(scratch.get(), 8);
+  const cuda::detail::GramScratch slices(ws, g.get());
   const auto message = [&](auto&& call) {
     try {
       call();
@@ -151,9 +161,9 @@ TEST(GpuCholeskyQr, BadArgumentsAreNamed) {
     }
     return std::string("no error");
   };
-  EXPECT_NE(message([&] { cuda::detail::basis_gram(z.get(), 8, 8, g.get(), ws, nullptr, 3); }).find("stages=3"),
+  EXPECT_NE(message([&] { cuda::detail::basis_gram(z.get(), 8, 8, g.get(), slices, nullptr, 3); }).find("stages=3"),
             std::string::npos);
-  EXPECT_NE(message([&] { cuda::detail::basis_gram(z.get(), 8, 33, g.get(), ws, nullptr); }).find("k=33"),
+  EXPECT_NE(message([&] { cuda::detail::basis_gram(z.get(), 8, 33, g.get(), slices, nullptr); }).find("k=33"),
             std::string::npos);
   EXPECT_NE(message([&] { cuda::detail::apply_inverse(z.get(), 0, 8, ws, z.get(), nullptr); }).find("rows=0"),
             std::string::npos);

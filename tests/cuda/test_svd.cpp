@@ -174,6 +174,31 @@ TYPED_TEST(GpuSvd, SubspaceNearOptimumWithoutRitzProblem) {
   EXPECT_EQ(svd.method_for(args), GpuSvdMethod::Randomized);
 }
 
+// r a whole number of Cholesky tiles and n >= 8 r, D >= 4 r: the compact plan, where the Cholesky
+// factors in place in the Gram held in the A output, and A and B each hold one row slice of the
+// Gram product besides (the basis V itself lives in B). Same accuracy and properties, and the
+// same bits again.
+TYPED_TEST(GpuSvd, SubspaceBorrowingTheOutputs) {
+  XKV_SKIP_WITHOUT_GPU();
+  using T = TypeParam;
+  for (const Layout layout : {Layout::TokenMajorPadded, Layout::HeadMajor, Layout::Interleaved}) {
+    SCOPED_TRACE(::testing::Message() << "layout " << int(layout) << " seed=" << test_seed());
+    const auto x = spectrum_matrix(2048, 512, 0.7, test_seed() + 13);
+    const auto g = upload<T>(x, 4, 4, 32, layout);
+    const int r = 64;
+    auto opt = with_method(GpuSvdMethod::Subspace);
+    opt.power_iterations = 4;
+    const auto run = run_gpu(g, r, opt);
+    const auto s = reference_singular_values(g.stored);
+    ASSERT_TRUE(all_finite(run.h));
+    EXPECT_LE(err_over_opt(g.stored, run.h.a, run.h.b, s, r), 1.01);
+    const double tol = property_tolerance<T>();
+    EXPECT_LE((run.h.b * run.h.b.transpose() - Eigen::MatrixXd::Identity(r, r)).norm(), tol * std::sqrt(double(r)));
+    EXPECT_LE((run.h.a - g.stored * run.h.b.transpose()).norm(), std::max(tol, 1e-3) * run.h.a.norm());
+    EXPECT_EQ(run_gpu(g, r, opt).h.raw, run.h.raw);
+  }
+}
+
 TYPED_TEST(GpuSvd, SameSeedIsBitIdenticalAcrossObjects) {
   XKV_SKIP_WITHOUT_GPU();
   using T = TypeParam;
@@ -317,6 +342,32 @@ TEST(GpuSvdMemory, WorkspaceWithinHalfOfTheInput) {
       std::printf("[svd tests] n=%lld D=4096 r=512 bf16 method %d: workspace %.1f MiB = %.1f%% of the input\n",
                   static_cast<long long>(n), int(method), ws / (1 << 20), 100.0 * ws / input);
       EXPECT_LE(ws, 0.5 * input);
+    }
+  }
+  // Short groups (n = 4096) run on sketches, whose workspace is the D x r fp32 sketch and one
+  // r x r fp64 matrix (Y, the Gram and the basis borrow the outputs): within half of the input
+  // at the widths, for layers that tile one matrix (read in place) or separate ones (staged).
+  for (const std::int64_t width : {288, 1024, 2048}) {  // D = 1152, 4096, 8192
+    for (const bool in_place : {true, false}) {
+      const std::int64_t n = 4096, d = 4 * width;
+      std::vector<KVView<__nv_bfloat16>> layers;
+      for (int l = 0; l < 4; ++l)
+        layers.push_back(in_place ? KVView<__nv_bfloat16>{fake + l * width, n, int(width / 32), 32, d, 32}
+                                  : KVView<__nv_bfloat16>::head_major(fake, int(width / 32), n, 32));
+      cuda::SvdArguments<__nv_bfloat16> args;
+      args.layers = layers;
+      args.rank = 512;
+      args.a = reinterpret_cast<__nv_bfloat16*>(std::uintptr_t(1) << 20);
+      args.b = args.a;
+      cuda::Compressor<__nv_bfloat16> svd(with_method(GpuSvdMethod::Subspace));
+      ASSERT_FALSE(svd.gram_product_for(args));
+      const double input = double(n) * double(d) * 2;
+      const double ws = double(svd.workspace_bytes(args));
+      std::printf("[svd tests] n=4096 D=%lld r=512 bf16 sketches %s: workspace %.2f MiB = %.1f%% of the input\n",
+                  static_cast<long long>(d), in_place ? "in place" : "staged", ws / (1 << 20), 100.0 * ws / input);
+      if (in_place || d >= 4096) EXPECT_LE(ws, 0.5 * input) << "D=" << d << (in_place ? " in place" : " staged");
+      // Staged at D = 1152 the 256-row minimum chunk (0.6 MB) does not fit beside the sketch and L^{-1}.
+      else EXPECT_LE(ws, 0.55 * input) << "D=" << d << " staged";
     }
   }
 }

@@ -219,12 +219,13 @@ TEST(GpuSvdGramMemory, AutomaticChoiceAndWorkspace) {
         if (n >= 32768) {
           EXPECT_LE(ws, 0.5 * input) << "n=" << n << " r=" << rank;
         } else {
-          // Sketches: the D x r sketch in fp32 and basis in T, the r x r Gram and the Cholesky's
-          // three r x r fp64 buffers (CholeskyQR reads the fp32 sketch: no fp64 copies), plus the
-          // staging chunk and small change.
-          const double fixed = 4096.0 * rank * (4 + 2) + 4.0 * rank * rank * 8;
-          EXPECT_LE(ws, fixed + 0.05 * input + (in_place ? 0.0 : 0.125 * input))
-              << "n=" << n << " r=" << rank;
+          // Sketches: the D x r sketch in fp32 and L^{-1} (r x r fp64) only; Y, the r x r Gram
+          // (the Cholesky's working matrix) and the basis V live in the A and B outputs. A staged
+          // token chunk takes what is left of half the input, at least 256 rows.
+          const double fixed = 4096.0 * rank * 4 + double(rank) * rank * 8;
+          const double stage = in_place ? 0.0 : std::max(0.49 * input - fixed, 256.0 * 4096 * 2);
+          EXPECT_LE(ws, fixed + stage + 0.01 * input) << "n=" << n << " r=" << rank;
+          if (rank == 512) EXPECT_LE(ws, 0.5 * input) << "n=" << n << " r=" << rank;
         }
       }
     }

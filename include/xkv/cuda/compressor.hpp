@@ -93,7 +93,7 @@ struct SvdArguments {
   double energy_fraction = 1.0;  ///< used when rank == 0 (forces the exact method, one sync)
   int rank_capacity = 0;        ///< room the outputs have, in ranks; 0 means `rank`
   T* a = nullptr;               ///< [n x r] row-major (r = the rank chosen); also the run's scratch until A is written
-  T* b = nullptr;               ///< G blocks of [r x H*d] row-major
+  T* b = nullptr;               ///< G blocks of [r x H*d] row-major; also the run's scratch until B is written
   float* singular_values = nullptr;  ///< optional: r values, descending
   double* energies = nullptr;        ///< optional: {||X||_F^2, sum of the kept s_i^2}
   /// Optional: each B_l transposed as well, G blocks of [H*d x bt_ld] row-major (columns r and
