@@ -195,17 +195,19 @@ Plan make_plan(CompressorState& st, const GpuCompressorOptions& opt, const SvdAr
     // formed before B is written from a copy of V (in Z's place, dead by then).
     p.v_in_b = p.y_in_a;
     p.gram_slot_in_b = p.v_in_b && b_bytes >= slot_bytes + alignof(double);
+    const std::size_t chol_bytes =
+        (p.chol_in_place ? CholeskyWorkspace::doubles_in_place(k) : CholeskyWorkspace::doubles(k)) * sizeof(double);
     if (p.y_in_a && !p.direct) {
-      // Staged layers: the token chunk gets what the fixed buffers leave of half the input (1% kept
-      // for partial sums, status words and alignment), within the staging budget, and >= 256 rows.
-      const double fixed =
-          double(p.chol_in_place ? CholeskyWorkspace::doubles_in_place(k) : CholeskyWorkspace::doubles(k)) *
-              sizeof(double) +
-          double(d) * k * sizeof(float) + (p.v_in_b ? 0 : b_bytes) + (p.g_in_a ? 0 : gram_bytes);
-      const double fit_rows = (0.49 * input_bytes - fixed) / (double(d) * double(st_bytes));
+      // Staged layers: the Cholesky's buffers are dead while X is staged (and the stage while it
+      // factors), so the two share one region. The token chunk takes what the other buffers leave
+      // of half the input (1% kept for partial sums, status words and alignment), or the
+      // Cholesky's region where that is more, within the staging budget, and >= 256 rows.
+      const double row_bytes = double(d) * double(st_bytes);
+      const double others = double(d) * k * sizeof(float) + (p.v_in_b ? 0 : b_bytes) + (p.g_in_a ? 0 : gram_bytes);
+      const double fit_rows = std::max(0.49 * input_bytes - others, double(chol_bytes)) / row_bytes;
+      const std::int64_t budget_rows = std::max<std::int64_t>(p.chunk_rows, std::int64_t(double(chol_bytes) / row_bytes));
       const std::int64_t min_rows = std::min<std::int64_t>(p.n, 256);
-      p.chunk_rows = std::clamp<std::int64_t>(std::min<std::int64_t>(p.chunk_rows, std::int64_t(std::max(fit_rows, 0.0))),
-                                              min_rows, p.n);
+      p.chunk_rows = std::clamp<std::int64_t>(std::min<std::int64_t>(budget_rows, std::int64_t(fit_rows)), min_rows, p.n);
       if (p.chunk_rows < p.n) p.chunk_rows = round_down(p.chunk_rows, 64);
     }
     const std::int64_t chunks = (p.n + p.chunk_rows - 1) / p.chunk_rows;
@@ -240,9 +242,14 @@ Plan make_plan(CompressorState& st, const GpuCompressorOptions& opt, const SvdAr
     // Rayleigh-Ritz needs whole fp64 copies of the sketch and the basis; subspace iteration's
     // CholeskyQR reads the fp32 sketch Z directly.
     const std::size_t fp64_copy = ritz ? std::size_t(d) * k * sizeof(double) : 0;
-    p.off_chol = arena.take((p.chol_in_place ? CholeskyWorkspace::doubles_in_place(k) : CholeskyWorkspace::doubles(k)) *
-                            sizeof(double));
-    p.off_stage = arena.take(p.direct ? 0 : std::size_t(p.chunk_rows * d) * st_bytes);
+    const std::size_t stage_bytes = p.direct ? 0 : std::size_t(p.chunk_rows * d) * st_bytes;
+    if (p.y_in_a) {  // subspace iteration: staging and factoring never overlap
+      p.off_chol = arena.take(std::max(chol_bytes, stage_bytes));
+      p.off_stage = p.off_chol;
+    } else {
+      p.off_chol = arena.take(chol_bytes);
+      p.off_stage = arena.take(stage_bytes);
+    }
     p.off_yc = arena.take(p.y_in_a ? 0 : std::size_t(p.chunk_rows) * k * st_bytes);
     p.off_z = arena.take(std::size_t(d) * k * sizeof(float));
     p.off_zd = arena.take(fp64_copy);
