@@ -62,26 +62,46 @@ struct TileRef {
   bool transposed = false;  ///< the tile at (row_tile, col_tile) lands in shared memory transposed
 };
 
+template <int N>
+struct TileRefs {
+  TileRef ref[N];
+};
+
+/// This thread's entries of N tiles, read from global memory into registers (all reads in flight
+/// at once), then written to shared memory: split so that a loop can fetch its next tiles while it
+/// multiplies the current ones.
+template <int N>
+struct TileFetch {
+  double v[N][kPerThread];
+
+  __device__ __forceinline__ void fetch(const TileRef (&src)[N], int ld) {
+#pragma unroll
+    for (int t = 0; t < N; ++t)
+#pragma unroll
+      for (int q = 0; q < kPerThread; ++q) {
+        const int e = threadIdx.x + q * kCholThreads, r = e % kCholTile, c = e / kCholTile;
+        v[t][q] = src[t].base[(std::size_t(src[t].row_tile) * kCholTile + r) +
+                              (std::size_t(src[t].col_tile) * kCholTile + c) * ld];
+      }
+  }
+  __device__ __forceinline__ void put(Tile* const (&dst)[N], const TileRef (&src)[N]) const {
+#pragma unroll
+    for (int t = 0; t < N; ++t)
+#pragma unroll
+      for (int q = 0; q < kPerThread; ++q) {
+        const int e = threadIdx.x + q * kCholThreads, r = e % kCholTile, c = e / kCholTile;
+        if (src[t].transposed) (*dst[t])[c][r] = v[t][q];
+        else (*dst[t])[r][c] = v[t][q];
+      }
+  }
+};
+
 /// Loads N tiles with all global reads in flight before the first shared-memory write.
 template <int N>
 __device__ __forceinline__ void load(Tile* const (&dst)[N], const TileRef (&src)[N], int ld) {
-  double v[N][kPerThread];
-#pragma unroll
-  for (int t = 0; t < N; ++t)
-#pragma unroll
-    for (int q = 0; q < kPerThread; ++q) {
-      const int e = threadIdx.x + q * kCholThreads, r = e % kCholTile, c = e / kCholTile;
-      v[t][q] = src[t].base[(std::size_t(src[t].row_tile) * kCholTile + r) +
-                            (std::size_t(src[t].col_tile) * kCholTile + c) * ld];
-    }
-#pragma unroll
-  for (int t = 0; t < N; ++t)
-#pragma unroll
-    for (int q = 0; q < kPerThread; ++q) {
-      const int e = threadIdx.x + q * kCholThreads, r = e % kCholTile, c = e / kCholTile;
-      if (src[t].transposed) (*dst[t])[c][r] = v[t][q];
-      else (*dst[t])[r][c] = v[t][q];
-    }
+  TileFetch<N> f;
+  f.fetch(src, ld);
+  f.put(dst, src);
 }
 
 __device__ __forceinline__ void store(const Tile& s, double* m, int ld, int row_tile, int col_tile,
@@ -139,9 +159,10 @@ __device__ __forceinline__ void factor_tile_in_warp(Tile& d, Tile& inv, double* 
   double row[kCholTile];
 #pragma unroll
   for (int m = 0; m < kCholTile; ++m) row[m] = d[lane][m];
+  double next_pivot = __shfl_sync(all, row[0], 0);
 #pragma unroll
   for (int c = 0; c < kCholTile; ++c) {
-    double pivot = __shfl_sync(all, row[c], c);
+    double pivot = next_pivot;
     if (!(pivot > 0)) {  // also NaN: flag it, carry on with 1 so every CTA still reaches each barrier
       if (lane == 0 && first_index + c < p.k) atomicCAS(p.info, 0, first_index + c + 1);
       pivot = 1;
@@ -149,6 +170,14 @@ __device__ __forceinline__ void factor_tile_in_warp(Tile& d, Tile& inv, double* 
     const double scale = rsqrt(pivot);                     // 1 / L_cc
     row[c] = lane == c ? pivot * scale : row[c] * scale;  // L_cc = pivot / sqrt(pivot); rows above: unused
     if (lane == 0) pivot_inverse[c] = scale;
+    if (c + 1 < kCholTile) {
+      // The next pivot is lane c+1's diagonal after this column's update, which takes only that
+      // lane's own L_{c+1,c}: formed here from registers (the same fma as in the loop below, so the
+      // same bits), its broadcast does not wait behind the column's shuffles. The chain from one
+      // pivot to the next is shuffle, rsqrt, scale, fma.
+      const double diagonal_next = fma(-row[c], row[c], row[c + 1]);  // meaningful in lane c + 1
+      next_pivot = __shfl_sync(all, diagonal_next, c + 1);
+    }
 #pragma unroll
     for (int m = c + 1; m < kCholTile; ++m) {
       const double l_mc = __shfl_sync(all, row[c], m);
@@ -199,6 +228,8 @@ __device__ __forceinline__ void factor_and_store(const CholeskyParams& p, int j,
 
 }  // namespace chol
 
+// One CTA per SM (176 registers): capping at 128 for two CTAs per SM spills and was slower,
+// 0.354 / 0.606 ms against 0.280 / 0.431 ms at k = 512 / 768, and 41.7 against 40.7 ms whole model.
 __global__ void __launch_bounds__(kCholThreads) cholesky_inverse_kernel(const __grid_constant__ CholeskyBatch batch) {
   namespace cg = cooperative_groups;
   cg::grid_group grid = cg::this_grid();
@@ -286,10 +317,18 @@ __global__ void __launch_bounds__(kCholThreads) cholesky_inverse_kernel(const __
       const int q = (item / per_pair) * 2 * span, i = q + span + (item % per_pair) / span, m = q + (item % per_pair) % span;
       if (i >= nt) continue;  // block-uniform: no barrier skipped by part of a CTA
       chol::Accumulator acc;
-      for (int x = m; x < q + span; ++x) {  // A^{-1} is lower: rows x >= m contribute to column m
+      // A^{-1} is lower: rows x >= m contribute to column m. Tiles x + 1 are fetched while tiles x
+      // are multiplied.
+      const auto tiles_at = [&](int x) {
+        return chol::TileRefs<2>{{chol::TileRef{p.work, x, i, /*transposed=*/true}, chol::TileRef{p.w, x, m}}};
+      };
+      chol::TileFetch<2> next;
+      next.fetch(tiles_at(m).ref, ld);
+      for (int x = m; x < q + span; ++x) {
         chol::Tile* dst[2] = {&a, &b};
-        chol::load<2>(dst, {chol::TileRef{p.work, x, i, /*transposed=*/true}, chol::TileRef{p.w, x, m}}, ld);
+        next.put(dst, tiles_at(x).ref);
         __syncthreads();
+        if (x + 1 < q + span) next.fetch(tiles_at(x + 1).ref, ld);
         acc.add(a, b, /*transpose_q=*/false);
         __syncthreads();
       }
@@ -306,10 +345,16 @@ __global__ void __launch_bounds__(kCholThreads) cholesky_inverse_kernel(const __
       const int q = (item / per_pair) * 2 * span, i = q + span + (item % per_pair) / span, m = q + (item % per_pair) % span;
       if (i >= nt) continue;
       chol::Accumulator acc;
-      for (int x = q + span; x <= i; ++x) {  // C^{-1} is lower: columns x <= i
+      const auto tiles_at = [&](int x) {  // C^{-1} is lower: columns x <= i
+        return chol::TileRefs<2>{{chol::TileRef{p.w, i, x}, chol::TileRef{p.work, x, m}}};
+      };
+      chol::TileFetch<2> next;
+      next.fetch(tiles_at(q + span).ref, ld);
+      for (int x = q + span; x <= i; ++x) {
         chol::Tile* dst[2] = {&a, &b};
-        chol::load<2>(dst, {chol::TileRef{p.w, i, x}, chol::TileRef{p.work, x, m}}, ld);
+        next.put(dst, tiles_at(x).ref);
         __syncthreads();
+        if (x + 1 <= i) next.fetch(tiles_at(x + 1).ref, ld);
         acc.add(a, b, /*transpose_q=*/false);
         __syncthreads();
       }
