@@ -11,7 +11,9 @@
 
 #include <cmath>
 #include <map>
+#include <exception>
 #include <memory>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -231,7 +233,10 @@ void bm_whole_model(benchmark::State& state, int streams, int cholesky_ctas) {
 
 /// The same 16 factorisations through xkv::cuda::ConcurrentCompressor, with and without lockstep
 /// batches, on 8 or 16 lanes, the Cholesky capped at `cholesky_ctas` CTAs (0: the class's 16).
-void bm_whole_model_concurrent(benchmark::State& state, int lanes, bool lockstep, int cholesky_ctas) {
+/// With `graph`, one run is captured into a CUDA graph after the warm-up and each iteration
+/// launches the graph: the device time without the host's enqueueing of ~1000 launches.
+void bm_whole_model_concurrent(benchmark::State& state, int lanes, bool lockstep, int cholesky_ctas,
+                               bool graph) {
   if (!xkv::cuda::device_available()) {
     state.SkipWithError("no CUDA device");
     return;
@@ -257,13 +262,33 @@ void bm_whole_model_concurrent(benchmark::State& state, int lanes, bool lockstep
   xkv::cuda::Stream stream;
   (void)all.run(jobs, stream.get());  // warm-up, and the workspaces
   all.check(stream.get());
+  cudaGraphExec_t exec = nullptr;
+  if (graph) {
+    cudaGraph_t captured = nullptr;
+    XKV_CUDA_CHECK(cudaStreamBeginCapture(stream.get(), cudaStreamCaptureModeRelaxed));
+    try {
+      (void)all.run(jobs, stream.get());
+    } catch (const std::exception& e) {
+      (void)cudaStreamEndCapture(stream.get(), &captured);
+      (void)cudaGetLastError();
+      state.SkipWithError((std::string("capture failed: ") + e.what()).c_str());
+      return;
+    }
+    XKV_CUDA_CHECK(cudaStreamEndCapture(stream.get(), &captured));
+    XKV_CUDA_CHECK(cudaGraphInstantiate(&exec, captured, 0));
+    XKV_CUDA_CHECK(cudaGraphDestroy(captured));
+    XKV_CUDA_CHECK(cudaGraphLaunch(exec, stream.get()));  // warm-up of the graph
+    all.check(stream.get());
+  }
   xkv::cuda::EventTimer timer;
   for (auto _ : state) {
     timer.start(stream.get());
-    (void)all.run(jobs, stream.get());
+    if (graph) XKV_CUDA_CHECK(cudaGraphLaunch(exec, stream.get()));
+    else (void)all.run(jobs, stream.get());
     state.SetIterationTime(timer.stop(stream.get()) / 1e3);
   }
   all.check(stream.get());
+  if (exec) XKV_CUDA_CHECK(cudaGraphExecDestroy(exec));
   state.counters["workspace_GiB"] = double(all.workspace_bytes()) / double(1 << 30);
 }
 
@@ -309,9 +334,15 @@ int main(int argc, char** argv) {
         if (ctas != 0 && !lockstep) continue;  // the lanes without lockstep: see whole_model_32k above
         benchmark::RegisterBenchmark(("gpu_svd_whole_model_32k_concurrent_compressor/lanes=" + std::to_string(lanes) +
                                       (lockstep ? "/lockstep" : "") + (ctas ? "/cholesky_ctas=" + std::to_string(ctas) : "")).c_str(),
-                                     bm_whole_model_concurrent, lanes, lockstep, ctas)
+                                     bm_whole_model_concurrent, lanes, lockstep, ctas, false)
             ->UseManualTime()->Unit(benchmark::kMillisecond)->Iterations(3)->Repetitions(3)->ReportAggregatesOnly(true);
       }
+  for (const int lanes : {8, 16})
+    for (const bool lockstep : {false, true})
+      benchmark::RegisterBenchmark(("gpu_svd_whole_model_32k_concurrent_compressor/lanes=" + std::to_string(lanes) +
+                                    (lockstep ? "/lockstep" : "") + "/graph").c_str(),
+                                   bm_whole_model_concurrent, lanes, lockstep, 0, true)
+          ->UseManualTime()->Unit(benchmark::kMillisecond)->Iterations(3)->Repetitions(3)->ReportAggregatesOnly(true);
   benchmark::Initialize(&argc, argv);
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();

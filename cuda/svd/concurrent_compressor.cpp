@@ -18,6 +18,10 @@ struct ConcurrentCompressor<T>::State {
   bool lockstep = false;
   std::vector<std::size_t> lane_of;  ///< the last run's lane of each job
   std::vector<std::unique_ptr<Compressor<T>>> compressors;  ///< one per job slot, kept across runs
+  /// Checks and sizes the jobs of every run and query. Made once: a Compressor's handles and
+  /// pinned status words cost host time to create, and freeing pinned memory synchronises the
+  /// device (which would also end a stream capture of run()).
+  std::unique_ptr<Compressor<T>> planner;
   cudaEvent_t fork = nullptr;
   std::vector<cudaEvent_t> joins;  ///< one per lane
   std::size_t last_jobs = 0;
@@ -38,6 +42,7 @@ ConcurrentCompressor<T>::ConcurrentCompressor(GpuCompressorOptions options, int 
   State& s = *state_;
   s.options = options;
   s.lockstep = lockstep;
+  s.planner = std::make_unique<Compressor<T>>(options);
   XKV_CUDA_CHECK(cudaEventCreateWithFlags(&s.fork, cudaEventDisableTiming));
   for (int i = 0; i < lanes; ++i) {
     s.lanes.push_back(std::make_unique<Stream>());
@@ -117,7 +122,7 @@ Schedule schedule_jobs(std::span<const SvdArguments<T>> jobs, std::size_t lanes,
 template <class T>
 std::size_t ConcurrentCompressor<T>::workspace_bytes(std::span<const SvdArguments<T>> jobs) const {
   const State& s = *state_;
-  return schedule_jobs<T>(jobs, s.lanes.size(), s.lockstep, Compressor<T>(s.options)).total_bytes();
+  return schedule_jobs<T>(jobs, s.lanes.size(), s.lockstep, *s.planner).total_bytes();
 }
 
 template <class T>
@@ -125,7 +130,7 @@ std::vector<SvdRun> ConcurrentCompressor<T>::run(std::span<const SvdArguments<T>
   State& s = *state_;
   const std::size_t lanes = s.lanes.size();
   // Every check, and the schedule, before anything is enqueued.
-  Schedule plan = schedule_jobs<T>(jobs, lanes, s.lockstep, Compressor<T>(s.options));
+  Schedule plan = schedule_jobs<T>(jobs, lanes, s.lockstep, *s.planner);
   while (s.compressors.size() < jobs.size()) s.compressors.push_back(std::make_unique<Compressor<T>>(s.options));
   while (s.job_workspaces.size() < jobs.size()) s.job_workspaces.emplace_back();
   const auto& batches = plan.batches;

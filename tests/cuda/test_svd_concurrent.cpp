@@ -2,6 +2,7 @@
 // each job alone gives; bad jobs are reported by index before anything runs. Skips without a GPU.
 #include <gtest/gtest.h>
 
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -95,6 +96,62 @@ TEST(GpuSvdConcurrent, LanesGiveTheBytesOfSeparateRuns) {
     EXPECT_GT(all.workspace_bytes(), 0u);
     EXPECT_EQ(all.workspace_bytes(), planned) << "run allocates what the query said";
   }
+  }
+}
+
+// After a first run has sized the workspaces, run() enqueues stream work only: it can be captured
+// into a CUDA graph, and each replay writes the bytes of a direct run.
+TEST(GpuSvdConcurrent, RunCapturesIntoACudaGraph) {
+  XKV_SKIP_WITHOUT_GPU();
+  const auto jobs = make_jobs();
+  GpuCompressorOptions opt;
+  opt.seed = test_seed();
+  opt.subspace_product = cuda::SubspaceProduct::Gram;
+  for (const bool lockstep : {false, true}) {
+    SCOPED_TRACE(lockstep ? "lockstep" : "lanes");
+    cuda::ConcurrentCompressor<__nv_bfloat16> all(opt, 2, lockstep);
+    std::vector<std::unique_ptr<DeviceFactors<__nv_bfloat16>>> outputs;
+    std::vector<cuda::SvdArguments<__nv_bfloat16>> args(jobs.size());
+    for (std::size_t j = 0; j < jobs.size(); ++j) {
+      outputs.push_back(std::make_unique<DeviceFactors<__nv_bfloat16>>(jobs[j].group.n, jobs[j].group.d(), jobs[j].rank));
+      args[j].layers = jobs[j].group.views;
+      args[j].rank = jobs[j].rank;
+      args[j].a = outputs[j]->a.get();
+      args[j].b = outputs[j]->b.get();
+    }
+    cuda::Stream stream;
+    (void)all.run(args, stream.get());
+    all.check(stream.get());
+    std::vector<HostFactors> direct;
+    for (std::size_t j = 0; j < jobs.size(); ++j)
+      direct.push_back(fetch(*outputs[j], jobs[j].group.n, jobs[j].group.layers, jobs[j].group.width(), jobs[j].rank));
+
+    cudaGraph_t graph = nullptr;
+    XKV_CUDA_CHECK(cudaStreamBeginCapture(stream.get(), cudaStreamCaptureModeThreadLocal));
+    try {
+      (void)all.run(args, stream.get());
+    } catch (const Error& e) {
+      (void)cudaStreamEndCapture(stream.get(), &graph);
+      if (graph) (void)cudaGraphDestroy(graph);
+      FAIL() << "run() under stream capture: " << e.what();
+    }
+    XKV_CUDA_CHECK(cudaStreamEndCapture(stream.get(), &graph));
+    cudaGraphExec_t exec = nullptr;
+    XKV_CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
+    XKV_CUDA_CHECK(cudaGraphDestroy(graph));
+    for (int replay = 0; replay < 2; ++replay) {
+      for (const auto& out : outputs) {  // poisoned: each replay must write every byte
+        XKV_CUDA_CHECK(cudaMemsetAsync(out->a.get(), 0xFF, out->a.bytes(), stream.get()));
+        XKV_CUDA_CHECK(cudaMemsetAsync(out->b.get(), 0xFF, out->b.bytes(), stream.get()));
+      }
+      XKV_CUDA_CHECK(cudaGraphLaunch(exec, stream.get()));
+      all.check(stream.get());
+      for (std::size_t j = 0; j < jobs.size(); ++j) {
+        const HostFactors h = fetch(*outputs[j], jobs[j].group.n, jobs[j].group.layers, jobs[j].group.width(), jobs[j].rank);
+        EXPECT_EQ(h.raw, direct[j].raw) << "job " << j << " replay " << replay;
+      }
+    }
+    XKV_CUDA_CHECK(cudaGraphExecDestroy(exec));
   }
 }
 

@@ -11,7 +11,11 @@
 // 16 factorisations of a 32k-token Llama-3.1-8B prefill take 44 ms on 8 lanes against 64.7 ms one
 // after another, 41-42 ms in lockstep (below; docs/PERFORMANCE.md). The outputs are bit-identical to
 // running each job alone with the same options. workspace_bytes(jobs) says up front what a run
-// allocates.
+// allocates. Once a run has sized the workspaces, run() with the same (or smaller) jobs enqueues
+// stream work only, so it can be captured into a CUDA graph (thread-local or relaxed capture
+// mode) and replayed; each replay writes the bytes of a direct run (`GpuSvdConcurrent.
+// RunCapturesIntoACudaGraph`). On the H200 the replay saves the host's ~1000 launches: 38.7-38.8 ms
+// against 39.0-39.9 ms in lockstep on 16 lanes.
 #pragma once
 
 #include <cstddef>
