@@ -31,8 +31,9 @@ struct CholeskyWorkspace {
 };
 
 /// R = L^T (into ws.work's upper triangle) and L^{-1} (ws.w) of the SPD matrix whose upper triangle
-/// `gram` holds (k x k, column-major, ld k; ws.work itself for an in-place workspace). Asynchronous on `stream`. A pivot that is not positive (or NaN) makes *info the 1-based
-/// index of the first such pivot (*info must be 0 before); the outputs are then meaningless.
+/// `gram` holds (k x k, column-major, ld k; ws.work itself for an in-place workspace).
+/// Asynchronous on `stream`. A pivot that is not positive (or NaN) makes *info the 1-based index
+/// of the first such pivot (*info must be 0 before); the outputs are then meaningless.
 void cholesky_inverse(const double* gram, int k, const CholeskyWorkspace& ws, int* info, cudaStream_t stream);
 
 /// One factorisation of a batch.

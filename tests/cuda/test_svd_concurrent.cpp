@@ -34,6 +34,25 @@ std::vector<Job> make_jobs() {
   return jobs;
 }
 
+/// Poisoned device outputs for every job and the arguments that point at them.
+struct JobOutputs {
+  std::vector<std::unique_ptr<DeviceFactors<__nv_bfloat16>>> factors;
+  std::vector<cuda::SvdArguments<__nv_bfloat16>> args;
+
+  explicit JobOutputs(const std::vector<Job>& jobs) : args(jobs.size()) {
+    for (std::size_t j = 0; j < jobs.size(); ++j) {
+      factors.push_back(std::make_unique<DeviceFactors<__nv_bfloat16>>(jobs[j].group.n, jobs[j].group.d(), jobs[j].rank));
+      args[j].layers = jobs[j].group.views;
+      args[j].rank = jobs[j].rank;
+      args[j].a = factors[j]->a.get();
+      args[j].b = factors[j]->b.get();
+    }
+  }
+  [[nodiscard]] HostFactors fetch_job(const std::vector<Job>& jobs, std::size_t j) const {
+    return fetch(*factors[j], jobs[j].group.n, jobs[j].group.layers, jobs[j].group.width(), jobs[j].rank);
+  }
+};
+
 TEST(GpuSvdConcurrent, LanesGiveTheBytesOfSeparateRuns) {
   XKV_SKIP_WITHOUT_GPU();
   const auto jobs = make_jobs();
@@ -63,15 +82,9 @@ TEST(GpuSvdConcurrent, LanesGiveTheBytesOfSeparateRuns) {
     SCOPED_TRACE(::testing::Message() << "lanes " << lanes << (lockstep ? ", lockstep" : ""));
     cuda::ConcurrentCompressor<__nv_bfloat16> all(opt, lanes, lockstep);
     EXPECT_EQ(all.options().cholesky_ctas, cuda::ConcurrentCompressor<__nv_bfloat16>::kDefaultCholeskyCtas);
-    std::vector<std::unique_ptr<DeviceFactors<__nv_bfloat16>>> outputs;
-    std::vector<cuda::SvdArguments<__nv_bfloat16>> args(jobs.size());
-    for (std::size_t j = 0; j < jobs.size(); ++j) {
-      outputs.push_back(std::make_unique<DeviceFactors<__nv_bfloat16>>(jobs[j].group.n, jobs[j].group.d(), jobs[j].rank));
-      args[j].layers = jobs[j].group.views;
-      args[j].rank = jobs[j].rank;
-      args[j].a = outputs[j]->a.get();
-      args[j].b = outputs[j]->b.get();
-    }
+    JobOutputs out(jobs);
+    const auto& outputs = out.factors;
+    const auto& args = out.args;
     cuda::Stream stream;
     const std::size_t planned = all.workspace_bytes(args);
     EXPECT_EQ(all.workspace_bytes(), 0u) << "the query allocates nothing";
@@ -89,8 +102,7 @@ TEST(GpuSvdConcurrent, LanesGiveTheBytesOfSeparateRuns) {
       }
       for (std::size_t j = 0; j < jobs.size(); ++j) {
         EXPECT_EQ(runs[j].rank, jobs[j].rank);
-        const HostFactors h = fetch(*outputs[j], jobs[j].group.n, jobs[j].group.layers, jobs[j].group.width(), jobs[j].rank);
-        EXPECT_EQ(h.raw, alone[j].raw) << "job " << j << " repeat " << repeat;
+        EXPECT_EQ(out.fetch_job(jobs, j).raw, alone[j].raw) << "job " << j << " repeat " << repeat;
       }
     }
     EXPECT_GT(all.workspace_bytes(), 0u);
@@ -110,21 +122,14 @@ TEST(GpuSvdConcurrent, RunCapturesIntoACudaGraph) {
   for (const bool lockstep : {false, true}) {
     SCOPED_TRACE(lockstep ? "lockstep" : "lanes");
     cuda::ConcurrentCompressor<__nv_bfloat16> all(opt, 2, lockstep);
-    std::vector<std::unique_ptr<DeviceFactors<__nv_bfloat16>>> outputs;
-    std::vector<cuda::SvdArguments<__nv_bfloat16>> args(jobs.size());
-    for (std::size_t j = 0; j < jobs.size(); ++j) {
-      outputs.push_back(std::make_unique<DeviceFactors<__nv_bfloat16>>(jobs[j].group.n, jobs[j].group.d(), jobs[j].rank));
-      args[j].layers = jobs[j].group.views;
-      args[j].rank = jobs[j].rank;
-      args[j].a = outputs[j]->a.get();
-      args[j].b = outputs[j]->b.get();
-    }
+    JobOutputs out(jobs);
+    const auto& outputs = out.factors;
+    const auto& args = out.args;
     cuda::Stream stream;
     (void)all.run(args, stream.get());
     all.check(stream.get());
     std::vector<HostFactors> direct;
-    for (std::size_t j = 0; j < jobs.size(); ++j)
-      direct.push_back(fetch(*outputs[j], jobs[j].group.n, jobs[j].group.layers, jobs[j].group.width(), jobs[j].rank));
+    for (std::size_t j = 0; j < jobs.size(); ++j) direct.push_back(out.fetch_job(jobs, j));
 
     cudaGraph_t graph = nullptr;
     XKV_CUDA_CHECK(cudaStreamBeginCapture(stream.get(), cudaStreamCaptureModeThreadLocal));
@@ -146,10 +151,8 @@ TEST(GpuSvdConcurrent, RunCapturesIntoACudaGraph) {
       }
       XKV_CUDA_CHECK(cudaGraphLaunch(exec, stream.get()));
       all.check(stream.get());
-      for (std::size_t j = 0; j < jobs.size(); ++j) {
-        const HostFactors h = fetch(*outputs[j], jobs[j].group.n, jobs[j].group.layers, jobs[j].group.width(), jobs[j].rank);
-        EXPECT_EQ(h.raw, direct[j].raw) << "job " << j << " replay " << replay;
-      }
+      for (std::size_t j = 0; j < jobs.size(); ++j)
+        EXPECT_EQ(out.fetch_job(jobs, j).raw, direct[j].raw) << "job " << j << " replay " << replay;
     }
     XKV_CUDA_CHECK(cudaGraphExecDestroy(exec));
   }
