@@ -225,7 +225,9 @@ TEST(GpuSvdGramMemory, AutomaticChoiceAndWorkspace) {
           const double z = 4096.0 * rank * 4, l_inverse = double(rank) * rank * 8;
           const double region = in_place ? l_inverse : std::max(0.49 * input - z, l_inverse);
           EXPECT_LE(ws, z + region + 0.01 * input) << "n=" << n << " r=" << rank;
-          if (rank == 512) EXPECT_LE(ws, 0.5 * input) << "n=" << n << " r=" << rank;
+          if (rank == 512) {
+            EXPECT_LE(ws, 0.5 * input) << "n=" << n << " r=" << rank;
+          }
         }
       }
     }
