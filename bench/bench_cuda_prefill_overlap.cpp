@@ -100,20 +100,6 @@ struct Job {
   xkv::cuda::DeviceBuffer<char> workspace;
 };
 
-class PriorityStream {
- public:
-  explicit PriorityStream(int priority) {
-    XKV_CUDA_CHECK(cudaStreamCreateWithPriority(&stream_, cudaStreamNonBlocking, priority));
-  }
-  ~PriorityStream() { (void)cudaStreamDestroy(stream_); }
-  PriorityStream(const PriorityStream&) = delete;
-  PriorityStream& operator=(const PriorityStream&) = delete;
-  [[nodiscard]] cudaStream_t get() const { return stream_; }
-
- private:
-  cudaStream_t stream_ = nullptr;
-};
-
 double median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
   return v[v.size() / 2];
@@ -127,9 +113,9 @@ void bm_prefill_overlap(benchmark::State& state) {
   Model model;
   int least = 0, greatest = 0;
   XKV_CUDA_CHECK(cudaDeviceGetStreamPriorityRange(&least, &greatest));
-  PriorityStream prefill(greatest);
-  std::vector<std::unique_ptr<PriorityStream>> lanes;
-  for (int i = 0; i < kCompressionStreams; ++i) lanes.push_back(std::make_unique<PriorityStream>(least));
+  xkv::cuda::Stream prefill(greatest);
+  std::vector<std::unique_ptr<xkv::cuda::Stream>> lanes;
+  for (int i = 0; i < kCompressionStreams; ++i) lanes.push_back(std::make_unique<xkv::cuda::Stream>(least));
   cublasHandle_t blas = nullptr;
   XKV_CUDA_CHECK(cublasCreate(&blas));
   XKV_CUDA_CHECK(cublasSetStream(blas, prefill.get()));

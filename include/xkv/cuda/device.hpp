@@ -60,6 +60,10 @@ class DeviceBuffer {
 class Stream {
  public:
   Stream() { XKV_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking)); }
+  /// A stream of the given priority (cudaDeviceGetStreamPriorityRange: lower numbers run first).
+  explicit Stream(int priority) {
+    XKV_CUDA_CHECK(cudaStreamCreateWithPriority(&stream_, cudaStreamNonBlocking, priority));
+  }
   ~Stream() {
     if (stream_) (void)cudaStreamDestroy(stream_);
   }
