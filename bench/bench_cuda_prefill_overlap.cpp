@@ -10,8 +10,9 @@
 // is an upper bound. Keys and values are the k / v projections, written
 // straight into their group's [n x 4096] buffers (layer l of a group at columns 1024 l), so each
 // group's X is read in place. Group g's keys (r = 512) and values (r = 768) are enqueued on two of
-// four low-priority streams after layer 4 g + 3's projections; GpuCompressorOptions::cholesky_ctas
-// caps the cooperative Cholesky at 16 CTAs per job so that it never waits for a whole GPU.
+// `streams` low-priority streams after layer 4 g + 3's projections; GpuCompressorOptions::cholesky_ctas
+// caps the cooperative Cholesky per job (a cooperative launch waits until all its CTAs fit beside
+// the prefill's, and its CTAs hold their SMs while they wait at its grid barriers).
 //
 // One benchmark run measures, alternately and `kPasses` times each: the prefill alone, the prefill
 // with the overlapped compression, and the 16 compressions alone on the same streams; the counters
@@ -38,7 +39,6 @@ constexpr int kHidden = 4096, kKvWidth = 1024, kMlp = 14336, kLayers = 32, kGrou
 constexpr int kKvHeads = 8, kHeadDim = 128;
 constexpr int kAttentionProducts = 8;
 constexpr int kGroups = kLayers / kGroupLayers;
-constexpr int kCompressionStreams = 4;
 constexpr int kPasses = 5;
 
 /// Row-major Y [rows x out] (leading dimension ldy) = X [rows x in] W [in x out], as the
@@ -110,12 +110,14 @@ void bm_prefill_overlap(benchmark::State& state) {
     state.SkipWithError("no CUDA device");
     return;
   }
+  const int cholesky_ctas = static_cast<int>(state.range(0));
+  const int stream_count = static_cast<int>(state.range(1));
   Model model;
   int least = 0, greatest = 0;
   XKV_CUDA_CHECK(cudaDeviceGetStreamPriorityRange(&least, &greatest));
   xkv::cuda::Stream prefill(greatest);
   std::vector<std::unique_ptr<xkv::cuda::Stream>> lanes;
-  for (int i = 0; i < kCompressionStreams; ++i) lanes.push_back(std::make_unique<xkv::cuda::Stream>(least));
+  for (int i = 0; i < stream_count; ++i) lanes.push_back(std::make_unique<xkv::cuda::Stream>(least));
   cublasHandle_t blas = nullptr;
   XKV_CUDA_CHECK(cublasCreate(&blas));
   XKV_CUDA_CHECK(cublasSetStream(blas, prefill.get()));
@@ -130,7 +132,7 @@ void bm_prefill_overlap(benchmark::State& state) {
     job.a = xkv::cuda::DeviceBuffer<bf16>(std::size_t(kTokens) * rank);
     job.b = xkv::cuda::DeviceBuffer<bf16>(std::size_t(kGroupLayers) * kKvWidth * rank);
     xkv::cuda::GpuCompressorOptions opt;
-    opt.cholesky_ctas = 16;
+    opt.cholesky_ctas = cholesky_ctas;
     job.svd = std::make_unique<xkv::cuda::Compressor<bf16>>(opt);
     job.args.layers = job.layers;
     job.args.rank = rank;
@@ -139,7 +141,7 @@ void bm_prefill_overlap(benchmark::State& state) {
     job.workspace = xkv::cuda::DeviceBuffer<char>(job.svd->workspace_bytes(job.args));
   }
   std::array<cudaEvent_t, kGroups> group_ready{};
-  std::array<cudaEvent_t, kCompressionStreams> lane_done{};
+  std::vector<cudaEvent_t> lane_done(std::size_t(stream_count), nullptr);
   cudaEvent_t start_event = nullptr;
   for (auto& e : group_ready) XKV_CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
   for (auto& e : lane_done) XKV_CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
@@ -147,14 +149,14 @@ void bm_prefill_overlap(benchmark::State& state) {
 
   auto compress_group = [&](int g) {  // after group_ready[g]
     for (int f = 2 * g; f < 2 * g + 2; ++f) {
-      const cudaStream_t lane = lanes[std::size_t(f % kCompressionStreams)]->get();
+      const cudaStream_t lane = lanes[std::size_t(f % stream_count)]->get();
       XKV_CUDA_CHECK(cudaStreamWaitEvent(lane, group_ready[std::size_t(g)]));
       Job& job = jobs[std::size_t(f)];
       (void)job.svd->run(job.args, job.workspace.get(), job.workspace.bytes(), lane);
     }
   };
   auto join_lanes = [&] {
-    for (int i = 0; i < kCompressionStreams; ++i) {
+    for (int i = 0; i < stream_count; ++i) {
       XKV_CUDA_CHECK(cudaEventRecord(lane_done[std::size_t(i)], lanes[std::size_t(i)]->get()));
       XKV_CUDA_CHECK(cudaStreamWaitEvent(prefill.get(), lane_done[std::size_t(i)]));
     }
@@ -219,6 +221,13 @@ void bm_prefill_overlap(benchmark::State& state) {
 
 int main(int argc, char** argv) {
   benchmark::RegisterBenchmark("prefill_32k_llama8b_overlapped_compression", bm_prefill_overlap)
+      ->ArgNames({"cholesky_ctas", "streams"})
+      ->Args({16, 4})  // the configuration documented first
+      ->Args({4, 4})
+      ->Args({8, 4})
+      ->Args({32, 4})
+      ->Args({8, 2})
+      ->Args({8, 8})
       ->UseManualTime()->Unit(benchmark::kMillisecond)->Iterations(1)->Repetitions(1);
   benchmark::Initialize(&argc, argv);
   benchmark::RunSpecifiedBenchmarks();
