@@ -1,11 +1,13 @@
 // Gathered decode-sized selections (1100-2048 tokens of 8 column tiles): on an H200 they take the
 // wgmma kernel's 128-row tiles (more 64-row tiles than SMs), which the short gathered tests do not
 // reach. Ranks of 2 and 9 k steps, computed and tabulated cos/sin, both pair styles; and positions
-// outside a caller's table on every kernel (NaN rows, kBadPosition).
+// outside a caller's table on every kernel (NaN rows, kBadPosition); and a launch right behind a
+// kernel that writes its input late (the gathered kernels launch as programmatic dependents).
 #include <cmath>
 #include <cstdint>
 #include <vector>
 
+#include "late_writer.hpp"
 #include "reconstruct_case.hpp"
 
 namespace {
@@ -104,6 +106,82 @@ TEST(CudaReconstruct, PositionsOutsideTheTableGiveNaNAndFlag) {
         else
           ASSERT_EQ(v, 0.0) << "token " << t << " element " << i << " path=" << int(path);  // B = 0
       }
+  }
+}
+
+// The gathered kernels launch as programmatic dependents of the stream's previous kernel. Here
+// that kernel lets them launch at once and writes their A only ~20 us later (late_copy): they
+// must wait for it (griddepcontrol.wait) before reading anything, or they multiply the poison.
+TEST(CudaReconstruct, DependentLaunchWaitsForThePreviousKernelsWrites) {
+  SKIP_WITHOUT_GPU();
+  const int d = 128, rank = 128, heads = 8;
+  const std::int64_t a_rows = 3000, tokens = 2048;
+  Rng rng(0xB2B);
+  auto random_bits = [&](std::size_t count, double scale) {
+    std::vector<std::uint16_t> bits(count);
+    for (auto& v : bits) v = to_bits((rng.uniform() * 2.0 - 1.0) * scale, ScalarType::BFloat16);
+    return bits;
+  };
+  const auto a = random_bits(std::size_t(a_rows) * rank, 1.0);
+  const auto b = random_bits(std::size_t(rank) * heads * d, 0.1);
+  std::vector<std::uint16_t> bt(b.size());
+  for (int k = 0; k < rank; ++k)
+    for (int j = 0; j < heads * d; ++j) bt[std::size_t(j) * rank + k] = b[std::size_t(k) * heads * d + j];
+  std::vector<std::int64_t> idx;
+  for (std::int64_t t = 0; t < tokens; ++t) idx.push_back(static_cast<std::int64_t>(rng.uniform() * double(a_rows)));
+  const DeviceBuffer<std::uint16_t> a_source = upload(a), b_d = upload(b), bt_d = upload(bt);
+  const DeviceBuffer<std::int64_t> idx_d = upload(idx);
+  DeviceBuffer<std::uint16_t> a_d(a.size()), out(std::size_t(tokens) * heads * d);
+
+  ReconstructParams p;
+  p.a = a_d.get();
+  p.a_rows = a_rows;
+  p.lda = rank;
+  p.rank = rank;
+  p.b = b_d.get();
+  p.ldb = heads * d;
+  p.bt = bt_d.get();
+  p.ldbt = rank;
+  p.heads = heads;
+  p.head_dim = d;
+  p.tokens = tokens;
+  p.token_indices = idx_d.get();
+  p.rope = rope(xkv::RopeStyle::HalfSplit);
+  p.out = OutputSpec::token_major(out.get(), tokens, heads, d);
+  const std::vector<double> inv_freq = p.rope.inverse_frequencies(d);
+  std::vector<double> ref(out.size());
+  for (std::int64_t t = 0; t < tokens; ++t) {
+    double* row = ref.data() + t * heads * d;
+    for (int j = 0; j < heads * d; ++j) {
+      double sum = 0.0;
+      for (int k = 0; k < rank; ++k)
+        sum += from_bits(a[std::size_t(idx[std::size_t(t)] * rank + k)], ScalarType::BFloat16) *
+               from_bits(b[std::size_t(k * heads * d + j)], ScalarType::BFloat16);
+      row[j] = sum;
+    }
+    for (int h = 0; h < heads; ++h) xkv::apply_rope_head(row + h * d, d, idx[std::size_t(t)], p.rope.style, inv_freq);
+  }
+
+  for (const auto path : kernel_paths(Case{})) {
+    p.kernel = path;
+    const xkv::cuda::Reconstruct op(p);
+    const xkv::cuda::Stream stream;
+    for (int round = 0; round < 3; ++round) {
+      XKV_CUDA_CHECK(cudaMemsetAsync(a_d.get(), 0xff, a_d.bytes(), stream.get()));  // NaN until late_copy
+      XKV_CUDA_CHECK(cudaMemsetAsync(out.get(), 0xff, out.bytes(), stream.get()));
+      xkv_test::late_copy(a_source.get(), a_d.get(), std::int64_t(a.size()), 40000, stream.get());
+      op.run(stream.get());
+      XKV_CUDA_CHECK(cudaStreamSynchronize(stream.get()));
+      const auto got = download(out, out.size());
+      double err = 0.0, norm = 0.0;
+      for (std::size_t i = 0; i < got.size(); ++i) {
+        const double v = from_bits(got[i], ScalarType::BFloat16);
+        ASSERT_TRUE(std::isfinite(v)) << "path " << int(path) << " round " << round << " element " << i;
+        err += (v - ref[i]) * (v - ref[i]);
+        norm += ref[i] * ref[i];
+      }
+      EXPECT_LE(std::sqrt(err / norm), tolerance(ScalarType::BFloat16)) << "path " << int(path) << " round " << round;
+    }
   }
 }
 

@@ -108,6 +108,9 @@ __global__ void __launch_bounds__(WgmmaTile<WARPGROUPS>::kThreads, WgmmaTile<WAR
   const int n0 = static_cast<int>(blockIdx.x % n_tiles) * BN;
   const T* a = static_cast<const T*>(p.a);
   const T* bt = static_cast<const T*>(p.bt);
+  // Launched as a programmatic dependent of the stream's previous kernel: nothing is read or
+  // written before that kernel has completed and its writes are visible.
+  asm volatile("griddepcontrol.wait;\n" ::: "memory");
 
   stage_tile_rows<BM, Tile::kThreads, MODE != RopeMode::None && !TABLE>(p, m0, tid, row_out, row_pos, row_ok,
                                                                         inv_freq);
@@ -181,6 +184,9 @@ __global__ void __launch_bounds__(WgmmaTile<WARPGROUPS>::kThreads, WgmmaTile<WAR
     fence_operands(acc);
   }
   cp_async_wait<0>();
+  // The stream's next kernel may now be scheduled (its CTAs wait for this grid's completion
+  // before they touch memory, so only its launch overlaps this epilogue).
+  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
 
   // Accumulator i of this thread: row wg*64 + (warp%4)*16 + lane/4 + 8*((i/2)%2),
   // column 8*(i/4) + 2*(lane%4) + i%2.
@@ -272,8 +278,19 @@ inline void launch_wgmma_tile(const ReconstructArgs& args, cudaStream_t stream) 
   const std::int64_t m_tiles = (args.tokens + Tile::BM - 1) / Tile::BM;
   const std::int64_t n_tiles = (std::int64_t(args.heads) * HEAD_DIM + Tile::BN - 1) / Tile::BN;
   XKV_CHECK(m_tiles * n_tiles <= 0x7fffffff, InvalidArgument, "reconstruct: " << args.tokens << " tokens is too many");
-  kernel<<<static_cast<unsigned>(m_tiles * n_tiles), Tile::kThreads, Tile::kSmemBytes, stream>>>(args);
-  XKV_CUDA_CHECK(cudaGetLastError());
+  // A programmatic dependent launch: back to back (a decode step's layers), this grid's CTAs are
+  // scheduled while the previous one finishes its epilogue instead of after it has drained.
+  cudaLaunchConfig_t config{};
+  config.gridDim = dim3(static_cast<unsigned>(m_tiles * n_tiles));
+  config.blockDim = dim3(Tile::kThreads);
+  config.dynamicSmemBytes = Tile::kSmemBytes;
+  config.stream = stream;
+  cudaLaunchAttribute dependent{};
+  dependent.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  dependent.val.programmaticStreamSerializationAllowed = 1;
+  config.attrs = &dependent;
+  config.numAttrs = 1;
+  XKV_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, args));
 }
 
 }  // namespace xkv::cuda::detail
