@@ -112,6 +112,7 @@ TEST(CudaReconstruct, PositionsOutsideTheTableGiveNaNAndFlag) {
 // The gathered kernels launch as programmatic dependents of the stream's previous kernel. Here
 // that kernel lets them launch at once and writes their A only ~20 us later (late_copy): they
 // must wait for it (griddepcontrol.wait) before reading anything, or they multiply the poison.
+// Also captured into a CUDA graph, as engines replay decode steps (a programmatic edge there).
 TEST(CudaReconstruct, DependentLaunchWaitsForThePreviousKernelsWrites) {
   SKIP_WITHOUT_GPU();
   const int d = 128, rank = 128, heads = 8;
@@ -162,27 +163,47 @@ TEST(CudaReconstruct, DependentLaunchWaitsForThePreviousKernelsWrites) {
     for (int h = 0; h < heads; ++h) xkv::apply_rope_head(row + h * d, d, idx[std::size_t(t)], p.rope.style, inv_freq);
   }
 
-  for (const auto path : kernel_paths(Case{})) {
-    p.kernel = path;
-    const xkv::cuda::Reconstruct op(p);
-    const xkv::cuda::Stream stream;
-    for (int round = 0; round < 3; ++round) {
-      XKV_CUDA_CHECK(cudaMemsetAsync(a_d.get(), 0xff, a_d.bytes(), stream.get()));  // NaN until late_copy
-      XKV_CUDA_CHECK(cudaMemsetAsync(out.get(), 0xff, out.bytes(), stream.get()));
-      xkv_test::late_copy(a_source.get(), a_d.get(), std::int64_t(a.size()), 40000, stream.get());
-      op.run(stream.get());
-      XKV_CUDA_CHECK(cudaStreamSynchronize(stream.get()));
-      const auto got = download(out, out.size());
-      double err = 0.0, norm = 0.0;
-      for (std::size_t i = 0; i < got.size(); ++i) {
-        const double v = from_bits(got[i], ScalarType::BFloat16);
-        ASSERT_TRUE(std::isfinite(v)) << "path " << int(path) << " round " << round << " element " << i;
-        err += (v - ref[i]) * (v - ref[i]);
-        norm += ref[i] * ref[i];
+  for (const auto path : kernel_paths(Case{}))
+    for (bool captured : {false, true}) {  // direct launches, and the same replayed from a CUDA graph
+      p.kernel = path;
+      const xkv::cuda::Reconstruct op(p);
+      const xkv::cuda::Stream stream;
+      auto enqueue = [&] {
+        XKV_CUDA_CHECK(cudaMemsetAsync(a_d.get(), 0xff, a_d.bytes(), stream.get()));  // NaN until late_copy
+        XKV_CUDA_CHECK(cudaMemsetAsync(out.get(), 0xff, out.bytes(), stream.get()));
+        xkv_test::late_copy(a_source.get(), a_d.get(), std::int64_t(a.size()), 40000, stream.get());
+        op.run(stream.get());
+      };
+      cudaGraphExec_t exec = nullptr;
+      if (captured) {
+        cudaGraph_t graph = nullptr;
+        XKV_CUDA_CHECK(cudaStreamBeginCapture(stream.get(), cudaStreamCaptureModeThreadLocal));
+        enqueue();
+        XKV_CUDA_CHECK(cudaStreamEndCapture(stream.get(), &graph));
+        const cudaError_t made = cudaGraphInstantiate(&exec, graph, 0);
+        (void)cudaGraphDestroy(graph);
+        XKV_CUDA_CHECK(made);
       }
-      EXPECT_LE(std::sqrt(err / norm), tolerance(ScalarType::BFloat16)) << "path " << int(path) << " round " << round;
+      for (int round = 0; round < 3; ++round) {
+        if (captured)
+          XKV_CUDA_CHECK(cudaGraphLaunch(exec, stream.get()));
+        else
+          enqueue();
+        XKV_CUDA_CHECK(cudaStreamSynchronize(stream.get()));
+        const auto got = download(out, out.size());
+        double err = 0.0, norm = 0.0;
+        for (std::size_t i = 0; i < got.size(); ++i) {
+          const double v = from_bits(got[i], ScalarType::BFloat16);
+          ASSERT_TRUE(std::isfinite(v)) << "path " << int(path) << " graph " << captured << " round " << round
+                                        << " element " << i;
+          err += (v - ref[i]) * (v - ref[i]);
+          norm += ref[i] * ref[i];
+        }
+        EXPECT_LE(std::sqrt(err / norm), tolerance(ScalarType::BFloat16))
+            << "path " << int(path) << " graph " << captured << " round " << round;
+      }
+      if (exec) XKV_CUDA_CHECK(cudaGraphExecDestroy(exec));
     }
-  }
 }
 
 }  // namespace
