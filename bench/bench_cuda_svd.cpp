@@ -108,7 +108,7 @@ double optimum_squared(Group& g, std::int64_t n, int d) {
 }
 
 void bm_svd(benchmark::State& state, std::int64_t n, int d, GpuSvdMethod method, int power_iterations,
-            bool separate, xkv::cuda::SubspaceProduct product) {
+            bool separate, xkv::cuda::SubspaceProduct product, xkv::cuda::GramFilter filter) {
   if (!xkv::cuda::device_available()) {
     state.SkipWithError("no CUDA device");
     return;
@@ -120,6 +120,7 @@ void bm_svd(benchmark::State& state, std::int64_t n, int d, GpuSvdMethod method,
   opt.method = method;
   if (power_iterations >= 0) opt.power_iterations = power_iterations;
   opt.subspace_product = product;
+  opt.gram_filter = filter;
   xkv::cuda::Compressor<bf16> svd(opt);
   auto args = arguments(g, out);
   if (separate) args.layers = separate_layers(g, n, d);
@@ -236,7 +237,7 @@ void bm_whole_model(benchmark::State& state, int streams, int cholesky_ctas) {
 /// With `graph`, one run is captured into a CUDA graph after the warm-up and each iteration
 /// launches the graph: the device time without the host's enqueueing of ~1000 launches.
 void bm_whole_model_concurrent(benchmark::State& state, int lanes, bool lockstep, int cholesky_ctas,
-                               bool graph) {
+                               bool graph, xkv::cuda::GramFilter filter) {
   if (!xkv::cuda::device_available()) {
     state.SkipWithError("no CUDA device");
     return;
@@ -258,6 +259,7 @@ void bm_whole_model_concurrent(benchmark::State& state, int lanes, bool lockstep
   }
   xkv::cuda::GpuCompressorOptions options;
   options.cholesky_ctas = cholesky_ctas;  // 0: the class's default cap
+  options.gram_filter = filter;
   xkv::cuda::ConcurrentCompressor<bf16> all(options, lanes, lockstep);
   xkv::cuda::Stream stream;
   (void)all.run(jobs, stream.get());  // warm-up, and the workspaces
@@ -296,28 +298,34 @@ void bm_whole_model_concurrent(benchmark::State& state, int lanes, bool lockstep
 
 int main(int argc, char** argv) {
   constexpr auto Auto = xkv::cuda::SubspaceProduct::Auto;
+  constexpr auto Chebyshev = xkv::cuda::GramFilter::Chebyshev;
+  constexpr auto Power = xkv::cuda::GramFilter::Power;
   for (const std::int64_t n : {4096, 32768, 131072}) {
     for (const int d : {1152, 4096, 8192}) {
       const std::string shape = "n=" + std::to_string(n) + "/D=" + std::to_string(d) + "/r=" + std::to_string(kRank);
-      benchmark::RegisterBenchmark(("gpu_svd_randomized_p64_q2/" + shape).c_str(), bm_svd, n, d, GpuSvdMethod::Randomized, 2, false, Auto)
+      benchmark::RegisterBenchmark(("gpu_svd_randomized_p64_q2/" + shape).c_str(), bm_svd, n, d, GpuSvdMethod::Randomized, 2, false, Auto, Chebyshev)
           ->UseManualTime()->Unit(benchmark::kMillisecond)->Iterations(5)->Repetitions(5)->ReportAggregatesOnly(true);
-      // Subspace iteration needs one more power iteration for the same err/opt (no oversampling).
-      benchmark::RegisterBenchmark(("gpu_svd_subspace_q3/" + shape).c_str(), bm_svd, n, d, GpuSvdMethod::Subspace, 3, false, Auto)
+      // The defaults: q = 3 over the sketches (one more power iteration than the randomized
+      // method: no oversampling), two Chebyshev rounds after the first from the Gram matrix.
+      benchmark::RegisterBenchmark(("gpu_svd_subspace/" + shape).c_str(), bm_svd, n, d, GpuSvdMethod::Subspace, 3, false, Auto, Chebyshev)
           ->UseManualTime()->Unit(benchmark::kMillisecond)->Iterations(5)->Repetitions(5)->ReportAggregatesOnly(true);
+      if (n >= 32768 && d == 4096)  // the Gram product's plain rounds, for the ratio
+        benchmark::RegisterBenchmark(("gpu_svd_subspace_power_q3/" + shape).c_str(), bm_svd, n, d, GpuSvdMethod::Subspace, 3, false, Auto, Power)
+            ->UseManualTime()->Unit(benchmark::kMillisecond)->Iterations(5)->Repetitions(5)->ReportAggregatesOnly(true);
       // Separate layer buffers (staged token chunks): at n = 4096 the chunk fits beside the sketch
       // within half of the input.
       if ((n >= 32768 && d == 4096) || n == 4096)
-        benchmark::RegisterBenchmark(("gpu_svd_subspace_q3_separate_layers/" + shape).c_str(), bm_svd, n, d,
-                                     GpuSvdMethod::Subspace, 3, true, xkv::cuda::SubspaceProduct::Auto)
+        benchmark::RegisterBenchmark(("gpu_svd_subspace_separate_layers/" + shape).c_str(), bm_svd, n, d,
+                                     GpuSvdMethod::Subspace, 3, true, Auto, Chebyshev)
             ->UseManualTime()->Unit(benchmark::kMillisecond)->Iterations(5)->Repetitions(5)->ReportAggregatesOnly(true);
       if (n >= 32768 && d == 4096) {
         // The sketch product on the same matrix, for the ratio (Auto picks the Gram product here).
         benchmark::RegisterBenchmark(("gpu_svd_subspace_q3_sketch/" + shape).c_str(), bm_svd, n, d,
-                                     GpuSvdMethod::Subspace, 3, false, xkv::cuda::SubspaceProduct::Sketch)
+                                     GpuSvdMethod::Subspace, 3, false, xkv::cuda::SubspaceProduct::Sketch, Chebyshev)
             ->UseManualTime()->Unit(benchmark::kMillisecond)->Iterations(5)->Repetitions(5)->ReportAggregatesOnly(true);
       }
       if (n <= 32768 && d <= 4096)
-        benchmark::RegisterBenchmark(("gpu_svd_exact_gram_syevd/" + shape).c_str(), bm_svd, n, d, GpuSvdMethod::Exact, -1, false, Auto)
+        benchmark::RegisterBenchmark(("gpu_svd_exact_gram_syevd/" + shape).c_str(), bm_svd, n, d, GpuSvdMethod::Exact, -1, false, Auto, Chebyshev)
             ->UseManualTime()->Unit(benchmark::kMillisecond)->Iterations(2)->Repetitions(3)->ReportAggregatesOnly(true);
     }
   }
@@ -334,15 +342,16 @@ int main(int argc, char** argv) {
         if (ctas != 0 && !lockstep) continue;  // the lanes without lockstep: see whole_model_32k above
         benchmark::RegisterBenchmark(("gpu_svd_whole_model_32k_concurrent_compressor/lanes=" + std::to_string(lanes) +
                                       (lockstep ? "/lockstep" : "") + (ctas ? "/cholesky_ctas=" + std::to_string(ctas) : "")).c_str(),
-                                     bm_whole_model_concurrent, lanes, lockstep, ctas, false)
+                                     bm_whole_model_concurrent, lanes, lockstep, ctas, false, Chebyshev)
             ->UseManualTime()->Unit(benchmark::kMillisecond)->Iterations(3)->Repetitions(3)->ReportAggregatesOnly(true);
       }
   for (const int lanes : {8, 16})
     for (const bool lockstep : {false, true})
-      benchmark::RegisterBenchmark(("gpu_svd_whole_model_32k_concurrent_compressor/lanes=" + std::to_string(lanes) +
-                                    (lockstep ? "/lockstep" : "") + "/graph").c_str(),
-                                   bm_whole_model_concurrent, lanes, lockstep, 0, true)
-          ->UseManualTime()->Unit(benchmark::kMillisecond)->Iterations(3)->Repetitions(3)->ReportAggregatesOnly(true);
+      for (const auto filter : {Chebyshev, Power})
+        benchmark::RegisterBenchmark(("gpu_svd_whole_model_32k_concurrent_compressor/lanes=" + std::to_string(lanes) +
+                                      (lockstep ? "/lockstep" : "") + (filter == Power ? "/power_q3" : "") + "/graph").c_str(),
+                                     bm_whole_model_concurrent, lanes, lockstep, 0, true, filter)
+            ->UseManualTime()->Unit(benchmark::kMillisecond)->Iterations(3)->Repetitions(3)->ReportAggregatesOnly(true);
   benchmark::Initialize(&argc, argv);
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();

@@ -2,7 +2,7 @@
 // CUDA events, and write A and B for an external error check (bench/svd_side_by_side.py).
 //   xkv_svd_cli --in X.bin --n N --layers G --heads H --head-dim d --rank r [--method subspace|randomized|exact]
 //               [--iters K] [--oversampling p] [--power-iterations q] [--ritz syevd|syevd32|syevj|syevj32]
-//               [--staging fraction] [--out-a A.bin --out-b B.bin]
+//               [--filter chebyshev|power] [--chebyshev-rounds c] [--staging fraction] [--out-a A.bin --out-b B.bin]
 // X.bin is row-major [n x G*H*d] bf16; layer l is columns [l*H*d, (l+1)*H*d). Prints one line:
 //   method=... median_ms=... min_ms=... workspace_bytes=...
 //   xkv_svd_cli --micro D --k k [--rows c]   times the building blocks (cuSOLVER / cuBLAS) alone.
@@ -217,6 +217,13 @@ int main(int argc, char** argv) try {
                                         : xkv::cuda::GpuSvdMethod::Subspace;
   opt.oversampling = int(number(args, "oversampling", opt.oversampling));
   opt.power_iterations = int(number(args, "power-iterations", opt.power_iterations));
+  opt.chebyshev_rounds = int(number(args, "chebyshev-rounds", opt.chebyshev_rounds));
+  const std::string filter = args.count("filter") ? args.at("filter") : "chebyshev";
+  if (filter != "chebyshev" && filter != "power") {
+    std::fprintf(stderr, "--filter must be chebyshev or power, got %s\n", filter.c_str());
+    return 2;
+  }
+  opt.gram_filter = filter == "power" ? xkv::cuda::GramFilter::Power : xkv::cuda::GramFilter::Chebyshev;
   if (args.count("staging")) opt.staging_fraction = std::stod(args.at("staging"));
   const std::string ritz = args.count("ritz") ? args.at("ritz") : "syevd";
   if (ritz == "syevj") opt.ritz_solver = xkv::cuda::RitzSolver::Syevj;

@@ -17,6 +17,12 @@ void GpuCompressorOptions::validate() const {
   XKV_REQUIRE(subspace_product == SubspaceProduct::Auto || subspace_product == SubspaceProduct::Sketch ||
                   subspace_product == SubspaceProduct::Gram,
               "GpuCompressorOptions.subspace_product is not a SubspaceProduct value: " << int(subspace_product));
+  XKV_REQUIRE(gram_filter == GramFilter::Power || gram_filter == GramFilter::Chebyshev,
+              "GpuCompressorOptions.gram_filter is not a GramFilter value: " << int(gram_filter));
+  // Two plain rounds and the filtered ones: one Cholesky status word each.
+  XKV_REQUIRE(chebyshev_rounds >= 0 && chebyshev_rounds < detail::kMaxPowerIterations,
+              "GpuCompressorOptions.chebyshev_rounds must be in [0, " << detail::kMaxPowerIterations - 1 << "], got "
+                                                                      << chebyshev_rounds);
   XKV_REQUIRE(cholesky_ctas >= 0, "GpuCompressorOptions.cholesky_ctas must be >= 0, got " << cholesky_ctas);
   XKV_REQUIRE(staging_fraction > 0 && staging_fraction <= 1,
               "GpuCompressorOptions.staging_fraction must be in (0, 1], got " << staging_fraction);
@@ -138,6 +144,7 @@ void layout_gram(Plan& p, std::size_t st_bytes, Arena& arena) {
   p.off_stage = arena.take(p.direct ? 0 : std::size_t(p.chunk_rows) * d * st_bytes);
   const std::int64_t chunks = (p.n + p.chunk_rows - 1) / p.chunk_rows;
   p.off_partials = arena.take(std::size_t(chunks) * kSumBlocks * sizeof(double));
+  p.off_filter = arena.take(p.chebyshev ? 2 * kFilterBlocks * sizeof(double) : 0);
 }
 
 template <class T>
@@ -169,6 +176,8 @@ Plan make_plan(CompressorState& st, const GpuCompressorOptions& opt, const SvdAr
   Arena arena;
   std::size_t dev = 0, host = 0;
   if (method == GpuSvdMethod::Subspace && choose_gram(p, opt, st_bytes)) {
+    p.chebyshev = opt.gram_filter == GramFilter::Chebyshev;
+    p.gram_rounds = p.chebyshev ? opt.chebyshev_rounds + 2 : opt.power_iterations + 1;
     layout_gram(p, st_bytes, arena);
   } else if (method == GpuSvdMethod::Randomized || method == GpuSvdMethod::Subspace) {
     const std::int64_t d = p.d, r = p.rank;

@@ -1,10 +1,12 @@
-// Subspace method from the Gram matrix (SubspaceProduct::Gram): the same q + 1 rounds of
-// V <- CholeskyQR(X^T X V) as run_subspace, with X^T X formed once instead of applied as two
-// sketches over X per round.
+// Subspace method from the Gram matrix (SubspaceProduct::Gram): rounds of V <- CholeskyQR(Z) as
+// run_subspace, with X^T X formed once instead of applied as two sketches over X per round.
 //
 //   G = X^T X (D x D, fp32 accumulate)   upper block-rows only: block-row i is X_i^T X[:, i:],
 //                                        (b + 1) / 2b of a full GEMM for b blocks; then mirrored
-//   round i = 0..q:  Z = G V             TF32 GEMM, 2 D^2 r FLOPs (X^T X V for ~1/n of the cost)
+//   each round:      Z = G V             TF32 GEMM, 2 D^2 r FLOPs (X^T X V for ~1/n of the cost);
+//                                        GramFilter::Chebyshev, between a plain first and last
+//                                        round: Z = p(G) V, p of degree 2 (two such GEMMs,
+//                                        chebyshev_kernels.cuh)
 //                    V = CholeskyQR(Z)   fp64 tensor-core products from the fp32 Z
 //   B = V^T, A = X V                     the second and last read of X
 //
@@ -13,6 +15,7 @@
 // 8192 n D.
 // Accuracy matches the sketches: G V in fp32/TF32 keeps more bits than the 16-bit Y = X V the
 // sketches round to, and G itself is exact products of the 16-bit X with fp32 accumulation.
+#include "chebyshev_kernels.cuh"
 #include "svd_steps.cuh"
 
 namespace xkv::cuda::detail {
@@ -49,6 +52,25 @@ void gram_of_x(CompressorState& st, const Plan& plan, const LayerTable<T>& tab, 
   check_launch();
 }
 
+/// One round's product into z: G V (the first and last rounds, and GramFilter::Power), else the
+/// degree-2 Chebyshev filter (G^2 - b G + b^2/8) V / trace G (chebyshev_kernels.cuh), which
+/// leaves Y in v32. With r = D nothing is discarded and every round is plain.
+void round_product(CompressorState& st, const Plan& plan, int round, const float* gram, float* v32, float* z,
+                   double* filter_partials, cudaStream_t stream) {
+  const std::int64_t d = plan.d;
+  const int r = plan.rank;
+  gemm(st.blas, CUBLAS_OP_N, CUBLAS_OP_N, d, r, d, gram, CUDA_R_32F, d, v32, CUDA_R_32F, d, 0.0f, z, CUDA_R_32F, d,
+       CUBLAS_COMPUTE_32F_FAST_TF32);
+  const bool filtered = plan.chebyshev && round > 0 && round + 1 < plan.gram_rounds && d > r;
+  if (!filtered) return;
+  filter_traces_kernel<<<kFilterBlocks, 256, 0, stream>>>(v32, z, d * r, gram, d, filter_partials);
+  check_launch();
+  filter_operands_kernel<<<grid_for(d * r), kThreads, 0, stream>>>(z, v32, d * r, filter_partials, d, r);
+  check_launch();
+  gemm(st.blas, CUBLAS_OP_N, CUBLAS_OP_N, d, r, d, gram, CUDA_R_32F, d, v32, CUDA_R_32F, d, 1.0f, z, CUDA_R_32F, d,
+       CUBLAS_COMPUTE_32F_FAST_TF32);
+}
+
 }  // namespace
 
 template <class T>
@@ -74,12 +96,12 @@ void run_gram_subspace(CompressorState& st, const Plan& plan, const SvdArguments
   gaussian_kernel<T><<<grid_for(d * r), kThreads, 0, stream>>>(v, d * r, st.seed);
   check_launch();
   convert(v, v32, d * r, stream);
+  auto* filter_partials = ws.get<double>(plan.off_filter);
   int slot = 0;
-  for (int round = 0; round <= plan.power_iterations; ++round) {
-    gemm(st.blas, CUBLAS_OP_N, CUBLAS_OP_N, d, r, d, gram, CUDA_R_32F, d, v32, CUDA_R_32F, d, 0.0f, z, CUDA_R_32F, d,
-         CUBLAS_COMPUTE_32F_FAST_TF32);
+  for (int round = 0; round < plan.gram_rounds; ++round) {
+    round_product(st, plan, round, gram, v32, z, filter_partials, stream);
     int* nonfinite = round == 0 ? info + kNonFiniteSlot : nullptr;  // NaN or Inf in X reaches G, then Z
-    if (round < plan.power_iterations)
+    if (round + 1 < plan.gram_rounds)
       cholesky_qr_fp32(z, v32, d, r, g, chol, GramScratch(chol, g), info + slot++, stream, nonfinite);
     else  // the last basis goes straight to T: it is B^T and the right factor of A = X V
       cholesky_qr_fp32(z, v, d, r, g, chol, GramScratch(chol, g), info + slot++, stream, nonfinite);
@@ -95,22 +117,24 @@ void run_gram_subspace_lockstep(std::span<const GramJob<T>> jobs, cudaStream_t f
     LayerTable<T> tab;
     T* stage;
     float *gram, *z, *v32;
-    double *g, *partials, *energies;
+    double *g, *partials, *energies, *filter_partials;
     T* v;
     int* info;
     CholeskyWorkspace chol;
   };
   const int r = jobs[0].plan->rank;
-  const int rounds = jobs[0].plan->power_iterations + 1;
+  const int rounds = jobs[0].plan->gram_rounds;
+  const bool chebyshev = jobs[0].plan->chebyshev;
   std::vector<Buffers> bufs;
   for (const GramJob<T>& job : jobs) {
     const Plan& plan = *job.plan;
-    XKV_REQUIRE(plan.gram && plan.rank == r && plan.power_iterations + 1 == rounds,
-                "run_gram_subspace_lockstep: jobs must all take the Gram product with one rank and round count");
+    XKV_REQUIRE(plan.gram && plan.rank == r && plan.gram_rounds == rounds && plan.chebyshev == chebyshev,
+                "run_gram_subspace_lockstep: jobs must all take the Gram product with one rank, filter and round count");
     const Workspace& ws = job.ws;
     bufs.push_back({make_table(job.args->layers), ws.get<T>(plan.off_stage), ws.get<float>(plan.off_gram),
                     ws.get<float>(plan.off_z), ws.get<float>(plan.off_v32), ws.get<double>(plan.off_g), ws.get<double>(plan.off_partials),
-                    ws.get<double>(plan.off_energies), ws.get<T>(plan.off_v), ws.get<int>(plan.off_info),
+                    ws.get<double>(plan.off_energies), ws.get<double>(plan.off_filter), ws.get<T>(plan.off_v),
+                    ws.get<int>(plan.off_info),
                     carve_cholesky(*job.st, ws.get<double>(plan.off_chol), r)});
   }
   // One event per job (its Gram of Z is ready) and one for the batch's factors; re-recording an
@@ -140,8 +164,7 @@ void run_gram_subspace_lockstep(std::span<const GramJob<T>> jobs, cudaStream_t f
         const GramJob<T>& job = jobs[j];
         Buffers& b = bufs[j];
         const std::int64_t d = job.plan->d;
-        gemm(job.st->blas, CUBLAS_OP_N, CUBLAS_OP_N, d, r, d, b.gram, CUDA_R_32F, d, b.v32, CUDA_R_32F, d, 0.0f, b.z,
-             CUDA_R_32F, d, CUBLAS_COMPUTE_32F_FAST_TF32);
+        round_product(*job.st, *job.plan, round, b.gram, b.v32, b.z, b.filter_partials, job.stream);
         cholesky_qr_gram(b.z, d, r, b.g, GramScratch(b.chol, b.g), job.stream, round == 0 ? b.info + kNonFiniteSlot : nullptr);
         XKV_CUDA_CHECK(cudaEventRecord(ready[j], job.stream));
         XKV_CUDA_CHECK(cudaStreamWaitEvent(factor_stream, ready[j]));

@@ -25,6 +25,7 @@ inline constexpr int kNonFiniteSlot = kInfoSlots - 1;
 inline constexpr int kNonFiniteInput = -1000;  ///< status word: X held NaN or Inf
 /// q Cholesky words + Rayleigh-Ritz Cholesky + eigensolver must fit below kNonFiniteSlot.
 inline constexpr int kMaxPowerIterations = kNonFiniteSlot - 2;
+inline constexpr int kFilterBlocks = 256;  ///< partial sums of the Chebyshev filter's traces (fixed: deterministic)
 inline constexpr int kSumBlocks = 1024;  ///< partial sums per staged chunk (energy): one wave of 256-thread blocks
 
 /// cuBLAS / cuSOLVER handles and host-side buffers; one per Compressor.
@@ -85,6 +86,8 @@ struct Plan {
   /// Subspace from the Gram matrix G = X^T X (D x D fp32) instead of sketches over X.
   bool gram = false;
   int gram_blocks = 1;         ///< G is built as this many upper block-rows
+  bool chebyshev = false;      ///< Gram rounds after the first apply the degree-2 Chebyshev filter
+  int gram_rounds = 0;         ///< Gram: rounds, each ending in one CholeskyQR step
   bool y_in_a = false;         ///< sketch subspace: each round's Y = X V is kept in the A output
   bool g_in_a = false;         ///< ... and CholeskyQR's k x k Gram too (at A's first 8-byte boundary)
   bool chol_in_place = false;  ///< ... which is also the Cholesky's working matrix (k a whole number of tiles)
@@ -96,7 +99,7 @@ struct Plan {
   std::size_t off_stage = 0, off_yc = 0, off_z = 0, off_zd = 0, off_vd = 0, off_v = 0, off_vrt = 0, off_g = 0,
               off_wsc = 0, off_eigenvalues = 0, off_g32 = 0, off_mu32 = 0, off_scale = 0, off_partials = 0, off_energies = 0, off_info = 0,
               off_solver = 0, off_s = 0, off_chol = 0,
-              off_gram = 0, off_v32 = 0;
+              off_gram = 0, off_v32 = 0, off_filter = 0;
   std::size_t total_bytes = 0;
 };
 

@@ -186,6 +186,14 @@ TEST_F(GpuSvdBadInput, WorkspaceTooSmallAndBadOptions) {
   opt.power_iterations = 14;  // more than the status words a run records
   EXPECT_THROW(cuda::Compressor<float>{opt}, Error);
   opt = {};
+  opt.chebyshev_rounds = -1;
+  EXPECT_THROW(cuda::Compressor<float>{opt}, Error);
+  opt.chebyshev_rounds = 13;  // with the two plain rounds, more than the status words
+  EXPECT_THROW(cuda::Compressor<float>{opt}, Error);
+  opt = {};
+  opt.gram_filter = static_cast<cuda::GramFilter>(7);
+  EXPECT_THROW(cuda::Compressor<float>{opt}, Error);
+  opt = {};
   opt.staging_fraction = 0;
   EXPECT_THROW(cuda::Compressor<float>{opt}, Error);
   // A proper run with the exact workspace works and leaves a clean status.

@@ -53,6 +53,25 @@ enum class SubspaceProduct {
   Gram,
 };
 
+/// How the Subspace rounds that run from the Gram matrix G = X^T X (SubspaceProduct::Gram) turn
+/// one basis V into the next. Each round ends in one CholeskyQR step, which costs several times a
+/// G V product (a latency-bound Cholesky chain and two fp64 D x r x r products), so the filter
+/// that needs fewer of them for the same error wins.
+enum class GramFilter {
+  Power,  ///< q + 1 rounds V <- CholeskyQR(G V) (q = power_iterations), as the sketches
+  /// A first and a last round V <- CholeskyQR(G V) and, between them, `chebyshev_rounds` rounds
+  /// V <- CholeskyQR(p(G) V) with p the degree-2 Chebyshev polynomial that is small on [0, b]
+  /// (p(G) = G^2 - b G + b^2/8, two G products): b is the mean eigenvalue of G outside span(V),
+  /// (trace G - trace V^T G V) / (D - r), so the discarded spectrum is damped on both sides of
+  /// b/2 instead of only relative to the kept eigenvalues. One such round (3 CholeskyQR steps, 4
+  /// products) errs less than Power with q = 3 (4 steps); two (4 steps) less than q = 4 (5):
+  /// docs/PERFORMANCE.md. The last round is plain because p(G) V spans a range of ~(lambda_1 /
+  /// b)^2: fp32 holds that subspace, but one CholeskyQR step of it is not orthonormal to fp32
+  /// accuracy. Only the Gram product offers the filter: the 16-bit sketches could not hold that
+  /// range at all.
+  Chebyshev,
+};
+
 /// Eigensolver of the small Rayleigh-Ritz problem of the randomized method.
 enum class RitzSolver {
   Syevd,       ///< cusolverDnXsyevd, fp64
@@ -71,6 +90,8 @@ struct GpuCompressorOptions {
   std::uint64_t seed = 0x786b76;  ///< same seed => bit-identical output
   RitzSolver ritz_solver = RitzSolver::Syevd;
   SubspaceProduct subspace_product = SubspaceProduct::Auto;
+  GramFilter gram_filter = GramFilter::Chebyshev;  ///< rounds from the Gram matrix (see GramFilter)
+  int chebyshev_rounds = 1;  ///< GramFilter::Chebyshev: filtered rounds between the plain first and last, in [0, 12]
   /// CTAs of the one-launch Cholesky factorisation (a latency-bound cooperative kernel whose CTAs
   /// wait at grid barriers): 0 uses as many as its widest step can (fastest for one group alone);
   /// a small cap such as 16 leaves the other SMs to the GEMMs of groups compressed at the same
