@@ -81,9 +81,10 @@ enum class RitzSolver {
 };
 
 struct GpuCompressorOptions {
-  /// Subspace with q = 3 is the fast default: err/opt about 1.009 on slowly decaying spectra
-  /// (docs/PERFORMANCE.md); Randomized with q = 2 reaches about the same error with two fewer
-  /// passes over X but pays for the eigensolver; Exact is the reference.
+  /// Subspace is the fast default: err/opt about 1.009 on slowly decaying spectra with q = 3 over
+  /// the sketches, about 1.008 from the Gram matrix with one Chebyshev round (docs/PERFORMANCE.md);
+  /// Randomized with q = 2 reaches about the same error with two fewer passes over X but pays for
+  /// the eigensolver; Exact is the reference.
   GpuSvdMethod method = GpuSvdMethod::Subspace;
   int oversampling = 64;          ///< p: extra directions of the randomized method
   int power_iterations = 3;       ///< q in [0, 13]: X^T X is applied q + 1 times (q power iterations)
