@@ -144,6 +144,36 @@ TEST(GpuSvdGramFilter, ChebyshevRoundsBeatPlainRounds) {
   EXPECT_EQ(chebyshev(0), excess(gram_power(1)));
 }
 
+// D = 1100 (two block-rows of 576 and 524 columns; CholeskyQR over 17 whole 64-row tiles and a
+// short one, its Gram in row slices), several staged token chunks with a short last one, r not a
+// multiple of a tile. The sketch product on the same input, staged (TokenMajorPadded: a buffer
+// per layer) and in place.
+TYPED_TEST(GpuSvdGram, BlockRowsAndChunksAtAwkwardSizes) {
+  XKV_SKIP_WITHOUT_GPU();
+  using T = TypeParam;
+  const auto x = spectrum_matrix(3001, 1100, 0.8, test_seed() + 22);
+  for (const Layout layout : {Layout::TokenMajorPadded, Layout::Interleaved}) {
+    SCOPED_TRACE(::testing::Message() << "layout " << int(layout));
+    const auto g = upload<T>(x, 5, 2, 110, layout);
+    auto opt = subspace(SubspaceProduct::Gram);
+    opt.staging_fraction = 0.05;
+    const int r = 33;
+    const auto run = run_subspace(g, r, opt);
+    EXPECT_TRUE(run.gram);
+    ASSERT_TRUE(run.h.a.allFinite() && run.h.b.allFinite());
+    const auto s = reference_singular_values(g.stored);
+    EXPECT_LE(err_over_opt(g.stored, run.h.a, run.h.b, s, r), 1.01);
+    const double tol = property_tolerance<T>();
+    EXPECT_LE((run.h.b * run.h.b.transpose() - Eigen::MatrixXd::Identity(r, r)).norm(), tol * std::sqrt(double(r)));
+    EXPECT_NEAR(run.h.total_energy, g.stored.squaredNorm(), 1e-5 * g.stored.squaredNorm());
+    const auto sketch = run_subspace(g, r, subspace(SubspaceProduct::Sketch));
+    EXPECT_FALSE(sketch.gram);
+    ASSERT_TRUE(sketch.h.a.allFinite() && sketch.h.b.allFinite());
+    EXPECT_LE(err_over_opt(g.stored, sketch.h.a, sketch.h.b, s, r), 1.01);
+    EXPECT_LE((sketch.h.b * sketch.h.b.transpose() - Eigen::MatrixXd::Identity(r, r)).norm(), tol * std::sqrt(double(r)));
+  }
+}
+
 TYPED_TEST(GpuSvdGram, TinyFullRankAndRankDeficient) {
   XKV_SKIP_WITHOUT_GPU();
   using T = TypeParam;
