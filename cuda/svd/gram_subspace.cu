@@ -22,12 +22,32 @@ namespace xkv::cuda::detail {
 
 namespace {
 
-/// G (D x D, column-major, fp32) = X^T X, upper block-rows (the strict lower triangle is filled
-/// by mirroring afterwards). With energy_partials, the same read of X sums ||X||^2 exactly
-/// (kSumBlocks partial sums per chunk; the trace of G would carry TF32 rounding for fp32 X).
+/// Operand pointers of the upper tiles (i <= j) of G = X_c^T X_c for one batched GEMM: tile t of
+/// side (side + 1) / 2 in row-major upper order, tile i of the column-major X_c^T at x + i * tile.
+template <class T>
+__global__ void gram_tile_pointers_kernel(const T* x, int tile, int side, float* g, std::int64_t d,
+                                          const void** a, const void** b, void** c) {
+  const int index = blockIdx.x * blockDim.x + threadIdx.x;
+  if (index >= side * (side + 1) / 2) return;
+  int i = 0, t = index;
+  while (t >= side - i) {  // row i of the upper triangle holds side - i tiles
+    t -= side - i;
+    ++i;
+  }
+  const int j = i + t;
+  a[index] = x + std::int64_t(i) * tile;
+  b[index] = x + std::int64_t(j) * tile;
+  c[index] = g + std::int64_t(i) * tile + std::int64_t(j) * tile * d;
+}
+
+/// G (D x D, column-major, fp32) = X^T X, upper part only (the strict lower triangle is filled by
+/// mirroring afterwards): with plan.gram_tile, the side (side + 1) / 2 upper tiles of that size as
+/// ONE batched GEMM, else plan.gram_blocks upper block-rows, one GEMM each. With energy_partials,
+/// the same read of X sums ||X||^2 exactly (kSumBlocks partial sums per chunk; the trace of G would
+/// carry TF32 rounding for fp32 X). `tile_pointers`: 3 x tiles pointers of workspace.
 template <class T>
 void gram_of_x(CompressorState& st, const Plan& plan, const LayerTable<T>& tab, T* stage, float* g,
-               double* energy_partials, cudaStream_t stream) {
+               double* energy_partials, void** tile_pointers, cudaStream_t stream) {
   const cudaDataType dt = data_type<T>();
   const std::int64_t n = plan.n, d = plan.d;
   // Block-rows start at multiples of 64 columns, so every operand stays 16-byte aligned.
@@ -39,11 +59,27 @@ void gram_of_x(CompressorState& st, const Plan& plan, const LayerTable<T>& tab, 
     std::int64_t ld = 0;
     const T* x = chunk_of_x(plan, tab, t0, rows, stage, energy_partials ? energy_partials + c * kSumBlocks : nullptr,
                             ld, stream);
-    // Column-major view: X_c^T is D x rows with leading dimension ld. Block-row i of G is
+    const float alpha = 1.0f, beta = c == 0 ? 0.0f : 1.0f;
+    // Column-major view: X_c^T is D x rows with leading dimension ld. Tile (i, j) of G is
+    // (X_c^T)[i-th tile rows, :] (X_c^T)[j-th tile rows, :]^T; block-row i of G is
     // G[a0 : a0 + h, a0 : D] = (X_c^T)[a0 : a0 + h, :] (X_c^T)[a0 : D, :]^T.
+    if (plan.gram_tile > 0) {
+      const int side = int(d / plan.gram_tile), tiles = side * (side + 1) / 2;
+      const void** a_ptrs = const_cast<const void**>(tile_pointers);
+      const void** b_ptrs = a_ptrs + tiles;
+      void** c_ptrs = tile_pointers + 2 * tiles;
+      // Rewritten per chunk: stream order keeps the previous chunk's GEMM reading the old ones.
+      gram_tile_pointers_kernel<T><<<(tiles + 127) / 128, 128, 0, stream>>>(x, plan.gram_tile, side, g, d, a_ptrs,
+                                                                            b_ptrs, c_ptrs);
+      check_launch();
+      XKV_CUDA_CHECK(cublasGemmBatchedEx(st.blas, CUBLAS_OP_N, CUBLAS_OP_T, plan.gram_tile, plan.gram_tile, int(rows),
+                                         &alpha, a_ptrs, dt, int(ld), b_ptrs, dt, int(ld), &beta, c_ptrs, CUDA_R_32F,
+                                         int(d), tiles, fast_compute<T>(), CUBLAS_GEMM_DEFAULT));
+      continue;
+    }
     for (std::int64_t a0 = 0; a0 < d; a0 += block) {
       const std::int64_t h = std::min(block, d - a0);
-      gemm(st.blas, CUBLAS_OP_N, CUBLAS_OP_T, h, d - a0, rows, x + a0, dt, ld, x + a0, dt, ld, c == 0 ? 0.0f : 1.0f,
+      gemm(st.blas, CUBLAS_OP_N, CUBLAS_OP_T, h, d - a0, rows, x + a0, dt, ld, x + a0, dt, ld, beta,
            g + a0 + a0 * d, CUDA_R_32F, d, fast_compute<T>());
     }
   }
@@ -90,7 +126,8 @@ void run_gram_subspace(CompressorState& st, const Plan& plan, const SvdArguments
   auto* info = ws.get<int>(plan.off_info);
   const CholeskyWorkspace chol = carve_cholesky(st, ws.get<double>(plan.off_chol), r);
 
-  gram_of_x(st, plan, tab, stage, gram, args.energies ? partials : nullptr, stream);
+  gram_of_x(st, plan, tab, stage, gram, args.energies ? partials : nullptr, ws.get<void*>(plan.off_gram_pointers),
+            stream);
   // The same Gaussian start as the sketches (drawn in T, then widened), so both products begin
   // from the same subspace for a given seed.
   gaussian_kernel<T><<<grid_for(d * r), kThreads, 0, stream>>>(v, d * r, st.seed);
@@ -153,7 +190,8 @@ void run_gram_subspace_lockstep(std::span<const GramJob<T>> jobs, cudaStream_t f
       const GramJob<T>& job = jobs[j];
       Buffers& b = bufs[j];
       const std::int64_t d = job.plan->d;
-      gram_of_x(*job.st, *job.plan, b.tab, b.stage, b.gram, job.args->energies ? b.partials : nullptr, job.stream);
+      gram_of_x(*job.st, *job.plan, b.tab, b.stage, b.gram, job.args->energies ? b.partials : nullptr,
+                job.ws.template get<void*>(job.plan->off_gram_pointers), job.stream);
       gaussian_kernel<T><<<grid_for(d * r), kThreads, 0, job.stream>>>(b.v, d * r, job.st->seed);
       check_launch();
       convert(b.v, b.v32, d * r, job.stream);

@@ -85,7 +85,8 @@ struct Plan {
   std::int64_t x_ld = 0;  ///< direct: elements between consecutive tokens of X
   /// Subspace from the Gram matrix G = X^T X (D x D fp32) instead of sketches over X.
   bool gram = false;
-  int gram_blocks = 1;         ///< G is built as this many upper block-rows
+  int gram_blocks = 1;         ///< G is built as this many upper block-rows ...
+  int gram_tile = 0;           ///< ... or, if > 0, as the upper tiles of this size in one batched GEMM
   bool chebyshev = false;      ///< Gram rounds after the first apply the degree-2 Chebyshev filter
   int gram_rounds = 0;         ///< Gram: rounds, each ending in one CholeskyQR step
   bool y_in_a = false;         ///< sketch subspace: each round's Y = X V is kept in the A output
@@ -99,7 +100,7 @@ struct Plan {
   std::size_t off_stage = 0, off_yc = 0, off_z = 0, off_zd = 0, off_vd = 0, off_v = 0, off_vrt = 0, off_g = 0,
               off_wsc = 0, off_eigenvalues = 0, off_g32 = 0, off_mu32 = 0, off_scale = 0, off_partials = 0, off_energies = 0, off_info = 0,
               off_solver = 0, off_s = 0, off_chol = 0,
-              off_gram = 0, off_v32 = 0, off_filter = 0;
+              off_gram = 0, off_v32 = 0, off_filter = 0, off_gram_pointers = 0;
   std::size_t total_bytes = 0;
 };
 

@@ -174,6 +174,36 @@ TYPED_TEST(GpuSvdGram, BlockRowsAndChunksAtAwkwardSizes) {
   }
 }
 
+// D = 1024 (a multiple of 512): G is built from its 3 upper 512 x 512 tiles in one batched GEMM,
+// here over several staged token chunks with a short last one (the operand pointers rewritten per
+// chunk) and in place. Plain rounds must agree with the sketches from the same start.
+TYPED_TEST(GpuSvdGram, UpperTilesOverChunks) {
+  XKV_SKIP_WITHOUT_GPU();
+  using T = TypeParam;
+  const auto x = spectrum_matrix(2500, 1024, 0.7, test_seed() + 27);
+  for (const Layout layout : {Layout::TokenMajorPadded, Layout::Interleaved}) {
+    SCOPED_TRACE(::testing::Message() << "layout " << int(layout));
+    const auto g = upload<T>(x, 4, 4, 64, layout);
+    auto plain = gram_power(4);
+    plain.staging_fraction = 0.1;  // chunks of 256 rows of the 2500
+    const int r = 40;
+    const auto gram = run_subspace(g, r, plain);
+    EXPECT_TRUE(gram.gram);
+    ASSERT_TRUE(gram.h.a.allFinite() && gram.h.b.allFinite());
+    const auto sketch = run_subspace(g, r, subspace(SubspaceProduct::Sketch));
+    const auto s = reference_singular_values(g.stored);
+    const double ratio = err_over_opt(g.stored, gram.h.a, gram.h.b, s, r);
+    EXPECT_LE(ratio, 1.01);
+    EXPECT_NEAR(ratio, err_over_opt(g.stored, sketch.h.a, sketch.h.b, s, r), 2e-3);
+    EXPECT_NEAR(gram.h.total_energy, g.stored.squaredNorm(), 1e-5 * g.stored.squaredNorm());
+    auto filtered = subspace(SubspaceProduct::Gram);
+    filtered.staging_fraction = 0.1;
+    const auto run = run_subspace(g, r, filtered);
+    ASSERT_TRUE(run.h.a.allFinite() && run.h.b.allFinite());
+    EXPECT_LE(err_over_opt(g.stored, run.h.a, run.h.b, s, r), 1.01);
+  }
+}
+
 TYPED_TEST(GpuSvdGram, TinyFullRankAndRankDeficient) {
   XKV_SKIP_WITHOUT_GPU();
   using T = TypeParam;
