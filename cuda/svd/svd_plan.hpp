@@ -87,7 +87,7 @@ struct Plan {
   bool gram = false;
   int gram_blocks = 1;         ///< G is built as this many upper block-rows ...
   int gram_tile = 0;           ///< ... or, if > 0, as the upper tiles of this size in one batched GEMM
-  bool chebyshev = false;      ///< Gram rounds after the first apply the degree-2 Chebyshev filter
+  bool chebyshev = false;      ///< Gram rounds between the first and the last apply the degree-2 Chebyshev filter
   int gram_rounds = 0;         ///< Gram: rounds, each ending in one CholeskyQR step
   bool y_in_a = false;         ///< sketch subspace: each round's Y = X V is kept in the A output
   bool g_in_a = false;         ///< ... and CholeskyQR's k x k Gram too (at A's first 8-byte boundary)
