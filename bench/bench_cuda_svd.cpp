@@ -14,6 +14,7 @@
 #include <exception>
 #include <memory>
 #include <string>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -108,7 +109,8 @@ double optimum_squared(Group& g, std::int64_t n, int d) {
 }
 
 void bm_svd(benchmark::State& state, std::int64_t n, int d, GpuSvdMethod method, int power_iterations,
-            bool separate, xkv::cuda::SubspaceProduct product, xkv::cuda::GramFilter filter) {
+            bool separate, xkv::cuda::SubspaceProduct product, xkv::cuda::GramFilter filter,
+            xkv::cuda::GramPrecision precision) {
   if (!xkv::cuda::device_available()) {
     state.SkipWithError("no CUDA device");
     return;
@@ -121,6 +123,7 @@ void bm_svd(benchmark::State& state, std::int64_t n, int d, GpuSvdMethod method,
   if (power_iterations >= 0) opt.power_iterations = power_iterations;
   opt.subspace_product = product;
   opt.gram_filter = filter;
+  opt.gram_precision = precision;
   xkv::cuda::Compressor<bf16> svd(opt);
   auto args = arguments(g, out);
   if (separate) args.layers = separate_layers(g, n, d);
@@ -237,7 +240,8 @@ void bm_whole_model(benchmark::State& state, int streams, int cholesky_ctas) {
 /// With `graph`, one run is captured into a CUDA graph after the warm-up and each iteration
 /// launches the graph: the device time without the host's enqueueing of ~1000 launches.
 void bm_whole_model_concurrent(benchmark::State& state, int lanes, bool lockstep, int cholesky_ctas,
-                               bool graph, xkv::cuda::GramFilter filter) {
+                               bool graph, xkv::cuda::GramFilter filter,
+                               xkv::cuda::GramPrecision precision) {
   if (!xkv::cuda::device_available()) {
     state.SkipWithError("no CUDA device");
     return;
@@ -260,6 +264,7 @@ void bm_whole_model_concurrent(benchmark::State& state, int lanes, bool lockstep
   xkv::cuda::GpuCompressorOptions options;
   options.cholesky_ctas = cholesky_ctas;  // 0: the class's default cap
   options.gram_filter = filter;
+  options.gram_precision = precision;
   xkv::cuda::ConcurrentCompressor<bf16> all(options, lanes, lockstep);
   xkv::cuda::Stream stream;
   (void)all.run(jobs, stream.get());  // warm-up, and the workspaces
@@ -300,32 +305,38 @@ int main(int argc, char** argv) {
   constexpr auto Auto = xkv::cuda::SubspaceProduct::Auto;
   constexpr auto Chebyshev = xkv::cuda::GramFilter::Chebyshev;
   constexpr auto Power = xkv::cuda::GramFilter::Power;
+  constexpr auto Fp16 = xkv::cuda::GramPrecision::Fp16;
+  constexpr auto Tf32 = xkv::cuda::GramPrecision::Tf32;
   for (const std::int64_t n : {4096, 32768, 131072}) {
     for (const int d : {1152, 4096, 8192}) {
       const std::string shape = "n=" + std::to_string(n) + "/D=" + std::to_string(d) + "/r=" + std::to_string(kRank);
-      benchmark::RegisterBenchmark(("gpu_svd_randomized_p64_q2/" + shape).c_str(), bm_svd, n, d, GpuSvdMethod::Randomized, 2, false, Auto, Chebyshev)
+      benchmark::RegisterBenchmark(("gpu_svd_randomized_p64_q2/" + shape).c_str(), bm_svd, n, d, GpuSvdMethod::Randomized, 2, false, Auto, Chebyshev, Fp16)
           ->UseManualTime()->Unit(benchmark::kMillisecond)->Iterations(5)->Repetitions(5)->ReportAggregatesOnly(true);
       // The defaults: q = 3 over the sketches (one more power iteration than the randomized
       // method: no oversampling), two Chebyshev rounds after the first from the Gram matrix.
-      benchmark::RegisterBenchmark(("gpu_svd_subspace/" + shape).c_str(), bm_svd, n, d, GpuSvdMethod::Subspace, 3, false, Auto, Chebyshev)
+      benchmark::RegisterBenchmark(("gpu_svd_subspace/" + shape).c_str(), bm_svd, n, d, GpuSvdMethod::Subspace, 3, false, Auto, Chebyshev, Fp16)
           ->UseManualTime()->Unit(benchmark::kMillisecond)->Iterations(5)->Repetitions(5)->ReportAggregatesOnly(true);
-      if (n >= 32768 && d == 4096)  // the Gram product's plain rounds, for the ratio
-        benchmark::RegisterBenchmark(("gpu_svd_subspace_power_q3/" + shape).c_str(), bm_svd, n, d, GpuSvdMethod::Subspace, 3, false, Auto, Power)
+      if (n >= 32768 && d == 4096) {  // the Gram product's plain rounds, and its TF32 products, for the ratios
+        benchmark::RegisterBenchmark(("gpu_svd_subspace_power_q3/" + shape).c_str(), bm_svd, n, d, GpuSvdMethod::Subspace, 3, false, Auto, Power, Fp16)
             ->UseManualTime()->Unit(benchmark::kMillisecond)->Iterations(5)->Repetitions(5)->ReportAggregatesOnly(true);
+        benchmark::RegisterBenchmark(("gpu_svd_subspace_tf32/" + shape).c_str(), bm_svd, n, d, GpuSvdMethod::Subspace, 3, false, Auto,
+                                     Chebyshev, Tf32)
+            ->UseManualTime()->Unit(benchmark::kMillisecond)->Iterations(5)->Repetitions(5)->ReportAggregatesOnly(true);
+      }
       // Separate layer buffers (staged token chunks): at n = 4096 the chunk fits beside the sketch
       // within half of the input.
       if ((n >= 32768 && d == 4096) || n == 4096)
         benchmark::RegisterBenchmark(("gpu_svd_subspace_separate_layers/" + shape).c_str(), bm_svd, n, d,
-                                     GpuSvdMethod::Subspace, 3, true, Auto, Chebyshev)
+                                     GpuSvdMethod::Subspace, 3, true, Auto, Chebyshev, Fp16)
             ->UseManualTime()->Unit(benchmark::kMillisecond)->Iterations(5)->Repetitions(5)->ReportAggregatesOnly(true);
       if (n >= 32768 && d == 4096) {
         // The sketch product on the same matrix, for the ratio (Auto picks the Gram product here).
         benchmark::RegisterBenchmark(("gpu_svd_subspace_q3_sketch/" + shape).c_str(), bm_svd, n, d,
-                                     GpuSvdMethod::Subspace, 3, false, xkv::cuda::SubspaceProduct::Sketch, Chebyshev)
+                                     GpuSvdMethod::Subspace, 3, false, xkv::cuda::SubspaceProduct::Sketch, Chebyshev, Fp16)
             ->UseManualTime()->Unit(benchmark::kMillisecond)->Iterations(5)->Repetitions(5)->ReportAggregatesOnly(true);
       }
       if (n <= 32768 && d <= 4096)
-        benchmark::RegisterBenchmark(("gpu_svd_exact_gram_syevd/" + shape).c_str(), bm_svd, n, d, GpuSvdMethod::Exact, -1, false, Auto, Chebyshev)
+        benchmark::RegisterBenchmark(("gpu_svd_exact_gram_syevd/" + shape).c_str(), bm_svd, n, d, GpuSvdMethod::Exact, -1, false, Auto, Chebyshev, Fp16)
             ->UseManualTime()->Unit(benchmark::kMillisecond)->Iterations(2)->Repetitions(3)->ReportAggregatesOnly(true);
     }
   }
@@ -342,15 +353,16 @@ int main(int argc, char** argv) {
         if (ctas != 0 && !lockstep) continue;  // the lanes without lockstep: see whole_model_32k above
         benchmark::RegisterBenchmark(("gpu_svd_whole_model_32k_concurrent_compressor/lanes=" + std::to_string(lanes) +
                                       (lockstep ? "/lockstep" : "") + (ctas ? "/cholesky_ctas=" + std::to_string(ctas) : "")).c_str(),
-                                     bm_whole_model_concurrent, lanes, lockstep, ctas, false, Chebyshev)
+                                     bm_whole_model_concurrent, lanes, lockstep, ctas, false, Chebyshev, Fp16)
             ->UseManualTime()->Unit(benchmark::kMillisecond)->Iterations(3)->Repetitions(3)->ReportAggregatesOnly(true);
       }
   for (const int lanes : {8, 16})
     for (const bool lockstep : {false, true})
-      for (const auto filter : {Chebyshev, Power})
+      for (const auto& [filter, precision, variant] :
+           {std::tuple{Chebyshev, Fp16, ""}, std::tuple{Power, Fp16, "/power_q3"}, std::tuple{Chebyshev, Tf32, "/tf32"}})
         benchmark::RegisterBenchmark(("gpu_svd_whole_model_32k_concurrent_compressor/lanes=" + std::to_string(lanes) +
-                                      (lockstep ? "/lockstep" : "") + (filter == Power ? "/power_q3" : "") + "/graph").c_str(),
-                                     bm_whole_model_concurrent, lanes, lockstep, 0, true, filter)
+                                      (lockstep ? "/lockstep" : "") + variant + "/graph").c_str(),
+                                     bm_whole_model_concurrent, lanes, lockstep, 0, true, filter, precision)
             ->UseManualTime()->Unit(benchmark::kMillisecond)->Iterations(3)->Repetitions(3)->ReportAggregatesOnly(true);
   benchmark::Initialize(&argc, argv);
   benchmark::RunSpecifiedBenchmarks();

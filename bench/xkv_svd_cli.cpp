@@ -2,7 +2,8 @@
 // CUDA events, and write A and B for an external error check (bench/svd_side_by_side.py).
 //   xkv_svd_cli --in X.bin --n N --layers G --heads H --head-dim d --rank r [--method subspace|randomized|exact]
 //               [--iters K] [--oversampling p] [--power-iterations q] [--ritz syevd|syevd32|syevj|syevj32]
-//               [--filter chebyshev|power] [--chebyshev-rounds c] [--staging fraction] [--out-a A.bin --out-b B.bin]
+//               [--filter chebyshev|power] [--chebyshev-rounds c] [--gram-precision fp16|tf32] [--staging fraction]
+//               [--out-a A.bin --out-b B.bin]
 // X.bin is row-major [n x G*H*d] bf16; layer l is columns [l*H*d, (l+1)*H*d). Prints one line:
 //   method=... median_ms=... min_ms=... workspace_bytes=...
 //   xkv_svd_cli --micro D --k k [--rows c]   times the building blocks (cuSOLVER / cuBLAS) alone.
@@ -145,6 +146,19 @@ void micro(std::int64_t d, int k, std::int64_t rows) {
     xkv::cuda::DeviceBuffer<double> out(std::size_t(d) * k);
     std::printf("  xkv cholesky+inverse k      %8.3f ms\n", time_ms(stream.get(), [&] {
       xkv::cuda::detail::cholesky_inverse(g0.get(), k, cws, info.get(), stream.get()); }));
+    {  // as a lockstep round of ConcurrentCompressor factors them: 8 matrices, 16 CTAs each
+      constexpr int kBatch = 8;
+      std::vector<xkv::cuda::DeviceBuffer<double>> buffers;
+      std::vector<xkv::cuda::detail::CholeskyTask> tasks;
+      for (int i = 0; i < kBatch; ++i) {
+        buffers.emplace_back(xkv::cuda::detail::CholeskyWorkspace::doubles(k));
+        auto batch_ws = xkv::cuda::detail::CholeskyWorkspace::carve(buffers.back().get(), k);
+        batch_ws.max_ctas = 16;
+        tasks.push_back({g0.get(), batch_ws, info.get()});
+      }
+      std::printf("  xkv cholesky+inverse 8 x k, 16 CTAs each %8.3f ms\n", time_ms(stream.get(), [&] {
+        xkv::cuda::detail::cholesky_inverse_batched(tasks, k, stream.get()); }));
+    }
     std::printf("  Dgemm D x k x k (apply)     %8.3f ms\n", time_ms(stream.get(), [&] {
       XKV_CUDA_CHECK(cublasDgemm(blas, CUBLAS_OP_N, CUBLAS_OP_T, int(d), k, k, &one, x.get(), int(d), cws.w, cws.padded, &zero, out.get(), int(d))); }));
     {  // the same two products of a CholeskyQR step from the fp32 basis (no fp64 copy of it)
@@ -224,6 +238,12 @@ int main(int argc, char** argv) try {
     return 2;
   }
   opt.gram_filter = filter == "power" ? xkv::cuda::GramFilter::Power : xkv::cuda::GramFilter::Chebyshev;
+  const std::string precision = args.count("gram-precision") ? args.at("gram-precision") : "fp16";
+  if (precision != "fp16" && precision != "tf32") {
+    std::fprintf(stderr, "--gram-precision must be fp16 or tf32, got %s\n", precision.c_str());
+    return 2;
+  }
+  opt.gram_precision = precision == "tf32" ? xkv::cuda::GramPrecision::Tf32 : xkv::cuda::GramPrecision::Fp16;
   if (args.count("staging")) opt.staging_fraction = std::stod(args.at("staging"));
   const std::string ritz = args.count("ritz") ? args.at("ritz") : "syevd";
   if (ritz == "syevj") opt.ritz_solver = xkv::cuda::RitzSolver::Syevj;

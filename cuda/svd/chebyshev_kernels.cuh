@@ -1,6 +1,6 @@
 // The degree-2 Chebyshev filter of the Gram rounds (GramFilter::Chebyshev): the two memory-bound
-// kernels between its two G products. With P = G V (V orthonormal, D x r, fp32), the round's
-// operand is
+// kernels between its two G products. With P = G V (V orthonormal, D x r, in the rounds' basis
+// type: fp32, or fp16 with G scaled, GramPrecision), the round's operand is
 //
 //   Z = (G^2 - b G + b^2/8 I) V / s = G Y + C,   Y = (P - b/2 V) / s,   C = -b/2 Y - b^2/(8 s) V,
 //
@@ -15,21 +15,24 @@
 
 #include <cstdint>
 
+#include "svd_kernels.cuh"  // to_f32, from_f32, to_f64
 #include "svd_plan.hpp"
 
 namespace xkv::cuda::detail {
 
 /// partial[blockIdx.x] = this block's share of trace V^T P = sum_i v_i p_i, and
 /// partial[kFilterBlocks + blockIdx.x] its share of trace G (G: d x d, column-major), both in
-/// fp64 and a fixed order. Grid kFilterBlocks x 256.
-static __global__ void __launch_bounds__(256) filter_traces_kernel(const float* __restrict__ v, const float* __restrict__ p,
-                                                                   std::int64_t count, const float* __restrict__ gram,
-                                                                   std::int64_t d, double* __restrict__ partial) {
+/// fp64 and a fixed order. A scaled fp16 G scales both traces, and so b and s, alike: Y does not
+/// change, C and Z take the scale (see the top of the file). Grid kFilterBlocks x 256.
+template <class Basis>
+__global__ void __launch_bounds__(256) filter_traces_kernel(const Basis* __restrict__ v, const float* __restrict__ p,
+                                                            std::int64_t count, const Basis* __restrict__ gram,
+                                                            std::int64_t d, double* __restrict__ partial) {
   const std::int64_t first = blockIdx.x * std::int64_t(blockDim.x) + threadIdx.x;
   const std::int64_t stride = std::int64_t(gridDim.x) * blockDim.x;
   double captured = 0, total = 0;
-  for (std::int64_t i = first; i < count; i += stride) captured += double(v[i]) * double(p[i]);
-  for (std::int64_t j = first; j < d; j += stride) total += double(gram[j + j * d]);
+  for (std::int64_t i = first; i < count; i += stride) captured += to_f64(v[i]) * double(p[i]);
+  for (std::int64_t j = first; j < d; j += stride) total += to_f64(gram[j + j * d]);
   __shared__ double red[2][256];
   red[0][threadIdx.x] = captured;
   red[1][threadIdx.x] = total;
@@ -49,9 +52,10 @@ static __global__ void __launch_bounds__(256) filter_traces_kernel(const float* 
 
 /// In place over P (in z) and V (in v): v <- Y, z <- C (see the top of the file), from the
 /// partial traces. Every block sums the partials in the same order, so all agree on b.
-static __global__ void __launch_bounds__(256) filter_operands_kernel(float* __restrict__ z, float* __restrict__ v,
-                                                                     std::int64_t count, const double* __restrict__ partial,
-                                                                     std::int64_t d, int r) {
+template <class Basis>
+__global__ void __launch_bounds__(256) filter_operands_kernel(float* __restrict__ z, Basis* __restrict__ v,
+                                                              std::int64_t count, const double* __restrict__ partial,
+                                                              std::int64_t d, int r) {
   __shared__ float coeff[3];
   double captured = 0, total = 0;
   if (threadIdx.x < 32) {  // warp 0: eight partials per lane, then a fixed shuffle tree
@@ -78,10 +82,10 @@ static __global__ void __launch_bounds__(256) filter_operands_kernel(float* __re
   const float half_b = coeff[0], inv_s = coeff[1], c_v = coeff[2];
   for (std::int64_t i = blockIdx.x * std::int64_t(blockDim.x) + threadIdx.x; i < count;
        i += std::int64_t(gridDim.x) * blockDim.x) {
-    const float vi = v[i];
-    const float y = (z[i] - half_b * vi) * inv_s;
+    const float vi = to_f32(v[i]);
+    const Basis y = from_f32<Basis>((z[i] - half_b * vi) * inv_s);  // the operand of the next G product
     v[i] = y;
-    z[i] = -half_b * y - c_v * vi;
+    z[i] = -half_b * to_f32(y) - c_v * vi;
   }
 }
 

@@ -19,6 +19,8 @@ void GpuCompressorOptions::validate() const {
               "GpuCompressorOptions.subspace_product is not a SubspaceProduct value: " << int(subspace_product));
   XKV_REQUIRE(gram_filter == GramFilter::Power || gram_filter == GramFilter::Chebyshev,
               "GpuCompressorOptions.gram_filter is not a GramFilter value: " << int(gram_filter));
+  XKV_REQUIRE(gram_precision == GramPrecision::Fp16 || gram_precision == GramPrecision::Tf32,
+              "GpuCompressorOptions.gram_precision is not a GramPrecision value: " << int(gram_precision));
   // Two plain rounds and the filtered ones: one Cholesky status word each.
   XKV_REQUIRE(chebyshev_rounds >= 0 && chebyshev_rounds < detail::kMaxPowerIterations,
               "GpuCompressorOptions.chebyshev_rounds must be in [0, " << detail::kMaxPowerIterations - 1 << "], got "
@@ -145,6 +147,7 @@ void layout_gram(Plan& p, std::size_t st_bytes, Arena& arena) {
   const std::int64_t chunks = (p.n + p.chunk_rows - 1) / p.chunk_rows;
   p.off_partials = arena.take(std::size_t(chunks) * kSumBlocks * sizeof(double));
   p.off_filter = arena.take(p.chebyshev ? 2 * kFilterBlocks * sizeof(double) : 0);
+  p.off_gram_scale = arena.take(sizeof(float));
   // Tiles of 512: one batched GEMM over the upper tiles of G (D = 4096: 36 tiles, 36/64 of X^T X
   // as with 8 block-rows) ran the whole model 1.1-1.4 ms faster than the block-rows' split-K GEMMs
   // (docs/PERFORMANCE.md).
@@ -184,6 +187,7 @@ Plan make_plan(CompressorState& st, const GpuCompressorOptions& opt, const SvdAr
   if (method == GpuSvdMethod::Subspace && choose_gram(p, opt, st_bytes)) {
     p.chebyshev = opt.gram_filter == GramFilter::Chebyshev;
     p.gram_rounds = p.chebyshev ? opt.chebyshev_rounds + 2 : opt.power_iterations + 1;
+    p.gram_half = opt.gram_precision == GramPrecision::Fp16;
     layout_gram(p, st_bytes, arena);
   } else if (method == GpuSvdMethod::Randomized || method == GpuSvdMethod::Subspace) {
     const std::int64_t d = p.d, r = p.rank;

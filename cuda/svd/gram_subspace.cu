@@ -3,7 +3,8 @@
 //
 //   G = X^T X (D x D, fp32 accumulate)   upper block-rows only: block-row i is X_i^T X[:, i:],
 //                                        (b + 1) / 2b of a full GEMM for b blocks; then mirrored
-//   each round:      Z = G V             TF32 GEMM, 2 D^2 r FLOPs (X^T X V for ~1/n of the cost);
+//   each round:      Z = G V             fp16 GEMM from a scaled fp16 G (GramPrecision::Fp16, the
+//                                        default) or TF32, 2 D^2 r FLOPs (X^T X V for ~1/n of the cost);
 //                                        GramFilter::Chebyshev, between a plain first and last
 //                                        round: Z = p(G) V, p of degree 2 (two such GEMMs,
 //                                        chebyshev_kernels.cuh)
@@ -13,9 +14,14 @@
 // For n >> D this moves most of the work into one GEMM of n D^2 (b + 1) / b FLOPs against
 // 4 (q + 1) n D r for the sketches: at D = 4096 (b = 8), r = 512, q = 3 that is 4608 n D against
 // 8192 n D.
-// Accuracy matches the sketches: G V in fp32/TF32 keeps more bits than the 16-bit Y = X V the
-// sketches round to, and G itself is exact products of the 16-bit X with fp32 accumulation.
+// Accuracy matches the sketches: G V from 11-bit operands (fp16 or TF32) with fp32 accumulation
+// keeps more bits than the bf16 Y = X V the sketches round to, and G itself is exact products of
+// the 16-bit X with fp32 accumulation.
+#include <algorithm>
+#include <type_traits>
+
 #include "chebyshev_kernels.cuh"
+#include "gram_half_kernels.cuh"
 #include "svd_steps.cuh"
 
 namespace xkv::cuda::detail {
@@ -88,37 +94,84 @@ void gram_of_x(CompressorState& st, const Plan& plan, const LayerTable<T>& tab, 
   check_launch();
 }
 
+/// The G V products' operands (GramPrecision): G and the basis in fp32 on the TF32 tensor cores,
+/// or both in fp16 (G scaled, gram_half_kernels.cuh) on the fp16 ones; fp32 accumulation either way.
+template <class Basis>
+struct RoundOperands {
+  static_assert(std::is_same_v<Basis, float> || std::is_same_v<Basis, __half>);
+  static constexpr cudaDataType type = std::is_same_v<Basis, float> ? CUDA_R_32F : CUDA_R_16F;
+  static constexpr cublasComputeType_t compute =
+      std::is_same_v<Basis, float> ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
+  const Basis* gram = nullptr;  ///< D x D, column-major
+  Basis* basis = nullptr;       ///< D x r: V between rounds, the filter's Y within one
+};
+
 /// One round's product into z: G V (the first and last rounds, and GramFilter::Power), else the
 /// degree-2 Chebyshev filter (G^2 - b G + b^2/8) V / trace G (chebyshev_kernels.cuh), which
-/// leaves Y in v32. With r = D nothing is discarded and every round is plain.
-void round_product(CompressorState& st, const Plan& plan, int round, const float* gram, float* v32, float* z,
+/// leaves Y in the basis buffer. With r = D nothing is discarded and every round is plain.
+template <class Basis>
+void round_product(CompressorState& st, const Plan& plan, int round, const RoundOperands<Basis>& op, float* z,
                    double* filter_partials, cudaStream_t stream) {
+  using Op = RoundOperands<Basis>;
   const std::int64_t d = plan.d;
   const int r = plan.rank;
-  gemm(st.blas, CUBLAS_OP_N, CUBLAS_OP_N, d, r, d, gram, CUDA_R_32F, d, v32, CUDA_R_32F, d, 0.0f, z, CUDA_R_32F, d,
-       CUBLAS_COMPUTE_32F_FAST_TF32);
+  gemm(st.blas, CUBLAS_OP_N, CUBLAS_OP_N, d, r, d, op.gram, Op::type, d, op.basis, Op::type, d, 0.0f, z, CUDA_R_32F, d,
+       Op::compute);
   const bool filtered = plan.chebyshev && round > 0 && round + 1 < plan.gram_rounds && d > r;
   if (!filtered) return;
-  filter_traces_kernel<<<kFilterBlocks, 256, 0, stream>>>(v32, z, d * r, gram, d, filter_partials);
+  filter_traces_kernel<Basis><<<kFilterBlocks, 256, 0, stream>>>(op.basis, z, d * r, op.gram, d, filter_partials);
   check_launch();
-  filter_operands_kernel<<<grid_for(d * r), kThreads, 0, stream>>>(z, v32, d * r, filter_partials, d, r);
+  filter_operands_kernel<Basis><<<grid_for(d * r), kThreads, 0, stream>>>(z, op.basis, d * r, filter_partials, d, r);
   check_launch();
-  gemm(st.blas, CUBLAS_OP_N, CUBLAS_OP_N, d, r, d, gram, CUDA_R_32F, d, v32, CUDA_R_32F, d, 1.0f, z, CUDA_R_32F, d,
-       CUBLAS_COMPUTE_32F_FAST_TF32);
+  gemm(st.blas, CUBLAS_OP_N, CUBLAS_OP_N, d, r, d, op.gram, Op::type, d, op.basis, Op::type, d, 1.0f, z, CUDA_R_32F, d,
+       Op::compute);
 }
 
-}  // namespace
+/// GramPrecision::Fp16: G (fp32, mirrored) -> scale * G in fp16 in the first half of its own
+/// buffer (gram_half_kernels.cuh); `scratch` (scratch_floats fp32, here Z, which no round has
+/// written yet) carries the first block of columns.
+void gram_to_half(float* gram, std::int64_t d, float* scale, float* scratch, std::int64_t scratch_floats,
+                  cudaStream_t stream) {
+  half_scale_kernel<<<1, 256, 0, stream>>>(gram, d, scale);
+  check_launch();
+  auto* half_gram = reinterpret_cast<__half*>(gram);
+  const std::int64_t first = std::clamp<std::int64_t>(2 * scratch_floats / d, 1, d);
+  const auto convert_columns = [&](std::int64_t c0, std::int64_t c1, __half* out) {
+    to_half_columns_kernel<<<grid_for((c1 - c0) * d / 2 + 1), kThreads, 0, stream>>>(gram, d, c0, c1, scale, out);
+    check_launch();
+  };
+  convert_columns(0, first, reinterpret_cast<__half*>(scratch));
+  XKV_CUDA_CHECK(cudaMemcpyAsync(half_gram, scratch, std::size_t(first * d) * sizeof(__half), cudaMemcpyDeviceToDevice,
+                                 stream));
+  for (std::int64_t c0 = first; c0 < d;) {
+    const std::int64_t c1 = std::min(2 * c0, d);
+    convert_columns(c0, c1, half_gram + c0 * d);
+    c0 = c1;
+  }
+}
 
-template <class T>
-void run_gram_subspace(CompressorState& st, const Plan& plan, const SvdArguments<T>& args, const Workspace& ws,
-                       cudaStream_t stream) {
+/// The operands of a job's rounds in plan.gram_half's type (G converted first if fp16).
+template <class Basis>
+RoundOperands<Basis> round_operands(const Plan& plan, const Workspace& ws, cudaStream_t stream) {
+  auto* gram = ws.get<float>(plan.off_gram);
+  auto* basis = ws.get<float>(plan.off_v32);
+  if constexpr (std::is_same_v<Basis, __half>) {
+    gram_to_half(gram, plan.d, ws.get<float>(plan.off_gram_scale), ws.get<float>(plan.off_z), plan.d * plan.rank,
+                 stream);
+    return {reinterpret_cast<const __half*>(gram), reinterpret_cast<__half*>(basis)};
+  } else {
+    return {gram, basis};
+  }
+}
+
+template <class T, class Basis>
+void gram_rounds(CompressorState& st, const Plan& plan, const SvdArguments<T>& args, const Workspace& ws,
+                 cudaStream_t stream) {
   const auto tab = make_table(args.layers);
   const std::int64_t d = plan.d;
   const int r = plan.rank;
   auto* stage = ws.get<T>(plan.off_stage);
-  auto* gram = ws.get<float>(plan.off_gram);
   auto* z = ws.get<float>(plan.off_z);
-  auto* v32 = ws.get<float>(plan.off_v32);
   auto* v = ws.get<T>(plan.off_v);
   auto* g = ws.get<double>(plan.off_g);
   auto* partials = ws.get<double>(plan.off_partials);
@@ -126,34 +179,45 @@ void run_gram_subspace(CompressorState& st, const Plan& plan, const SvdArguments
   auto* info = ws.get<int>(plan.off_info);
   const CholeskyWorkspace chol = carve_cholesky(st, ws.get<double>(plan.off_chol), r);
 
-  gram_of_x(st, plan, tab, stage, gram, args.energies ? partials : nullptr, ws.get<void*>(plan.off_gram_pointers),
-            stream);
-  // The same Gaussian start as the sketches (drawn in T, then widened), so both products begin
+  gram_of_x(st, plan, tab, stage, ws.get<float>(plan.off_gram), args.energies ? partials : nullptr,
+            ws.get<void*>(plan.off_gram_pointers), stream);
+  const RoundOperands<Basis> op = round_operands<Basis>(plan, ws, stream);
+  // The same Gaussian start as the sketches (drawn in T, then converted), so both products begin
   // from the same subspace for a given seed.
   gaussian_kernel<T><<<grid_for(d * r), kThreads, 0, stream>>>(v, d * r, st.seed);
   check_launch();
-  convert(v, v32, d * r, stream);
+  convert(v, op.basis, d * r, stream);
   auto* filter_partials = ws.get<double>(plan.off_filter);
   int slot = 0;
   for (int round = 0; round < plan.gram_rounds; ++round) {
-    round_product(st, plan, round, gram, v32, z, filter_partials, stream);
+    round_product(st, plan, round, op, z, filter_partials, stream);
     int* nonfinite = round == 0 ? info + kNonFiniteSlot : nullptr;  // NaN or Inf in X reaches G, then Z
     if (round + 1 < plan.gram_rounds)
-      cholesky_qr_fp32(z, v32, d, r, g, chol, GramScratch(chol, g), info + slot++, stream, nonfinite);
+      cholesky_qr_fp32(z, op.basis, d, r, g, chol, GramScratch(chol, g), info + slot++, stream, nonfinite);
     else  // the last basis goes straight to T: it is B^T and the right factor of A = X V
       cholesky_qr_fp32(z, v, d, r, g, chol, GramScratch(chol, g), info + slot++, stream, nonfinite);
   }
   finish_subspace(st, plan, tab, args, v, static_cast<T*>(nullptr), stage, partials, energies, stream);
 }
 
+}  // namespace
+
 template <class T>
-void run_gram_subspace_lockstep(std::span<const GramJob<T>> jobs, cudaStream_t factor_stream) {
-  XKV_REQUIRE(!jobs.empty() && jobs.size() <= std::size_t(kMaxCholeskyBatch),
-              "run_gram_subspace_lockstep: " << jobs.size() << " jobs, at most " << kMaxCholeskyBatch);
+void run_gram_subspace(CompressorState& st, const Plan& plan, const SvdArguments<T>& args, const Workspace& ws,
+                       cudaStream_t stream) {
+  if (plan.gram_half) gram_rounds<T, __half>(st, plan, args, ws, stream);
+  else gram_rounds<T, float>(st, plan, args, ws, stream);
+}
+
+namespace {
+
+template <class T, class Basis>
+void gram_lockstep(std::span<const GramJob<T>> jobs, cudaStream_t factor_stream) {
   struct Buffers {
     LayerTable<T> tab;
     T* stage;
-    float *gram, *z, *v32;
+    float* z;
+    RoundOperands<Basis> op;
     double *g, *partials, *energies, *filter_partials;
     T* v;
     int* info;
@@ -161,15 +225,12 @@ void run_gram_subspace_lockstep(std::span<const GramJob<T>> jobs, cudaStream_t f
   };
   const int r = jobs[0].plan->rank;
   const int rounds = jobs[0].plan->gram_rounds;
-  const bool chebyshev = jobs[0].plan->chebyshev;
   std::vector<Buffers> bufs;
   for (const GramJob<T>& job : jobs) {
     const Plan& plan = *job.plan;
-    XKV_REQUIRE(plan.gram && plan.rank == r && plan.gram_rounds == rounds && plan.chebyshev == chebyshev,
-                "run_gram_subspace_lockstep: jobs must all take the Gram product with one rank, filter and round count");
     const Workspace& ws = job.ws;
-    bufs.push_back({make_table(job.args->layers), ws.get<T>(plan.off_stage), ws.get<float>(plan.off_gram),
-                    ws.get<float>(plan.off_z), ws.get<float>(plan.off_v32), ws.get<double>(plan.off_g), ws.get<double>(plan.off_partials),
+    bufs.push_back({make_table(job.args->layers), ws.get<T>(plan.off_stage), ws.get<float>(plan.off_z), {},
+                    ws.get<double>(plan.off_g), ws.get<double>(plan.off_partials),
                     ws.get<double>(plan.off_energies), ws.get<double>(plan.off_filter), ws.get<T>(plan.off_v),
                     ws.get<int>(plan.off_info),
                     carve_cholesky(*job.st, ws.get<double>(plan.off_chol), r)});
@@ -190,11 +251,13 @@ void run_gram_subspace_lockstep(std::span<const GramJob<T>> jobs, cudaStream_t f
       const GramJob<T>& job = jobs[j];
       Buffers& b = bufs[j];
       const std::int64_t d = job.plan->d;
-      gram_of_x(*job.st, *job.plan, b.tab, b.stage, b.gram, job.args->energies ? b.partials : nullptr,
-                job.ws.template get<void*>(job.plan->off_gram_pointers), job.stream);
+      gram_of_x(*job.st, *job.plan, b.tab, b.stage, job.ws.template get<float>(job.plan->off_gram),
+                job.args->energies ? b.partials : nullptr, job.ws.template get<void*>(job.plan->off_gram_pointers),
+                job.stream);
+      b.op = round_operands<Basis>(*job.plan, job.ws, job.stream);
       gaussian_kernel<T><<<grid_for(d * r), kThreads, 0, job.stream>>>(b.v, d * r, job.st->seed);
       check_launch();
-      convert(b.v, b.v32, d * r, job.stream);
+      convert(b.v, b.op.basis, d * r, job.stream);
     }
     std::vector<CholeskyTask> tasks(jobs.size());
     for (int round = 0; round < rounds; ++round) {
@@ -202,7 +265,7 @@ void run_gram_subspace_lockstep(std::span<const GramJob<T>> jobs, cudaStream_t f
         const GramJob<T>& job = jobs[j];
         Buffers& b = bufs[j];
         const std::int64_t d = job.plan->d;
-        round_product(*job.st, *job.plan, round, b.gram, b.v32, b.z, b.filter_partials, job.stream);
+        round_product(*job.st, *job.plan, round, b.op, b.z, b.filter_partials, job.stream);
         cholesky_qr_gram(b.z, d, r, b.g, GramScratch(b.chol, b.g), job.stream, round == 0 ? b.info + kNonFiniteSlot : nullptr);
         XKV_CUDA_CHECK(cudaEventRecord(ready[j], job.stream));
         XKV_CUDA_CHECK(cudaStreamWaitEvent(factor_stream, ready[j]));
@@ -216,7 +279,7 @@ void run_gram_subspace_lockstep(std::span<const GramJob<T>> jobs, cudaStream_t f
         const std::int64_t d = job.plan->d;
         XKV_CUDA_CHECK(cudaStreamWaitEvent(job.stream, factored));
         if (round + 1 < rounds)
-          cholesky_qr_apply(b.z, b.v32, d, r, b.chol, job.stream);
+          cholesky_qr_apply(b.z, b.op.basis, d, r, b.chol, job.stream);
         else  // the last basis goes straight to T: it is B^T and the right factor of A = X V
           cholesky_qr_apply(b.z, b.v, d, r, b.chol, job.stream);
       }
@@ -231,6 +294,24 @@ void run_gram_subspace_lockstep(std::span<const GramJob<T>> jobs, cudaStream_t f
     throw;
   }
   release();
+}
+
+}  // namespace
+
+template <class T>
+void run_gram_subspace_lockstep(std::span<const GramJob<T>> jobs, cudaStream_t factor_stream) {
+  XKV_REQUIRE(!jobs.empty() && jobs.size() <= std::size_t(kMaxCholeskyBatch),
+              "run_gram_subspace_lockstep: " << jobs.size() << " jobs, at most " << kMaxCholeskyBatch);
+  const Plan& first = *jobs[0].plan;
+  for (const GramJob<T>& job : jobs) {
+    const Plan& plan = *job.plan;
+    XKV_REQUIRE(plan.gram && plan.rank == first.rank && plan.gram_rounds == first.gram_rounds &&
+                    plan.chebyshev == first.chebyshev && plan.gram_half == first.gram_half,
+                "run_gram_subspace_lockstep: jobs must all take the Gram product with one rank, filter, round count "
+                "and precision");
+  }
+  if (first.gram_half) gram_lockstep<T, __half>(jobs, factor_stream);
+  else gram_lockstep<T, float>(jobs, factor_stream);
 }
 
 #define XKV_INSTANTIATE_GRAM(T)                                                                              \

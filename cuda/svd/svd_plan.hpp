@@ -89,6 +89,7 @@ struct Plan {
   int gram_tile = 0;           ///< ... or, if > 0, as the upper tiles of this size in one batched GEMM
   bool chebyshev = false;      ///< Gram rounds between the first and the last apply the degree-2 Chebyshev filter
   int gram_rounds = 0;         ///< Gram: rounds, each ending in one CholeskyQR step
+  bool gram_half = false;      ///< Gram rounds multiply G and V in fp16 (GramPrecision::Fp16), G converted in place
   bool y_in_a = false;         ///< sketch subspace: each round's Y = X V is kept in the A output
   bool g_in_a = false;         ///< ... and CholeskyQR's k x k Gram too (at A's first 8-byte boundary)
   bool chol_in_place = false;  ///< ... which is also the Cholesky's working matrix (k a whole number of tiles)
@@ -100,7 +101,7 @@ struct Plan {
   std::size_t off_stage = 0, off_yc = 0, off_z = 0, off_zd = 0, off_vd = 0, off_v = 0, off_vrt = 0, off_g = 0,
               off_wsc = 0, off_eigenvalues = 0, off_g32 = 0, off_mu32 = 0, off_scale = 0, off_partials = 0, off_energies = 0, off_info = 0,
               off_solver = 0, off_s = 0, off_chol = 0,
-              off_gram = 0, off_v32 = 0, off_filter = 0, off_gram_pointers = 0;
+              off_gram = 0, off_v32 = 0, off_filter = 0, off_gram_pointers = 0, off_gram_scale = 0;
   std::size_t total_bytes = 0;
 };
 

@@ -194,6 +194,9 @@ TEST_F(GpuSvdBadInput, WorkspaceTooSmallAndBadOptions) {
   opt.gram_filter = static_cast<cuda::GramFilter>(7);
   EXPECT_THROW(cuda::Compressor<float>{opt}, Error);
   opt = {};
+  opt.gram_precision = static_cast<cuda::GramPrecision>(5);
+  EXPECT_THROW(cuda::Compressor<float>{opt}, Error);
+  opt = {};
   opt.staging_fraction = 0;
   EXPECT_THROW(cuda::Compressor<float>{opt}, Error);
   // A proper run with the exact workspace works and leaves a clean status.

@@ -144,6 +144,64 @@ TEST(GpuSvdGramFilter, ChebyshevRoundsBeatPlainRounds) {
   EXPECT_EQ(chebyshev(0), excess(gram_power(1)));
 }
 
+// GramPrecision: the G V products from a scaled fp16 G and an fp16 basis (the default) against
+// fp32 operands on the TF32 tensor cores. Both round their operands to 11 significant bits, so
+// the errors agree closely; the fp16 rounds are deterministic like every other path.
+TEST(GpuSvdGramPrecision, Fp16RoundsMatchTf32Rounds) {
+  XKV_SKIP_WITHOUT_GPU();
+  using T = __nv_bfloat16;
+  const auto g = upload<T>(spectrum_matrix(4096, 768, 0.6, test_seed() + 27), 4, 3, 64, Layout::Interleaved);
+  const int r = 96;
+  const auto s = reference_singular_values(g.stored);
+  for (const bool filter : {true, false}) {
+    SCOPED_TRACE(filter ? "Chebyshev c = 1" : "power q = 3");
+    auto opt = filter ? subspace(SubspaceProduct::Gram) : gram_power(3);
+    opt.gram_precision = cuda::GramPrecision::Tf32;
+    const auto tf32 = run_subspace(g, r, opt);
+    opt.gram_precision = cuda::GramPrecision::Fp16;
+    const auto fp16 = run_subspace(g, r, opt);
+    const auto again = run_subspace(g, r, opt);
+    ASSERT_TRUE(fp16.h.a.allFinite() && fp16.h.b.allFinite() && tf32.h.a.allFinite());
+    const double e16 = err_over_opt(g.stored, fp16.h.a, fp16.h.b, s, r);
+    const double e32 = err_over_opt(g.stored, tf32.h.a, tf32.h.b, s, r);
+    std::printf("[svd gram] %s: err/opt fp16 rounds %.6f, TF32 rounds %.6f\n", filter ? "Chebyshev" : "power q = 3",
+                e16, e32);
+    EXPECT_LE(e16, 1.01);
+    EXPECT_GE(e16, 1.0 - 1e-6);
+    EXPECT_NEAR(e16, e32, 5e-4);
+    EXPECT_LE((fp16.h.b * fp16.h.b.transpose() - Eigen::MatrixXd::Identity(r, r)).norm(), 2e-2 * std::sqrt(double(r)));
+    EXPECT_EQ((fp16.h.a - again.h.a).norm(), 0.0);
+    EXPECT_EQ((fp16.h.b - again.h.b).norm(), 0.0);
+  }
+}
+
+// The power-of-two scale that brings G into fp16's range: inputs scaled by 2^-50 and 2^50 (G by
+// 2^-100 and 2^100, far outside fp16, inside fp32) give the same fp16 G bit for bit, so the same
+// basis, and A scaled exactly. Without the scale G would round to zeros or infinities. D = 3 x 85
+// (odd: the conversion's unpaired path), r = 20 (the first column block goes through the scratch,
+// 2 r = 40 wide, then blocks of 40, 80 and 95 columns in place).
+TEST(GpuSvdGramPrecision, InputScaleDoesNotMatter) {
+  XKV_SKIP_WITHOUT_GPU();
+  using T = float;
+  const auto x = spectrum_matrix(1500, 255, 0.7, test_seed() + 28);
+  const auto base = upload<T>(x, 3, 1, 85, Layout::TokenMajorPadded);
+  const int r = 20;
+  const auto s = reference_singular_values(base.stored);
+  const auto reference = run_subspace(base, r, subspace(SubspaceProduct::Gram));
+  ASSERT_TRUE(reference.gram);
+  ASSERT_TRUE(reference.h.a.allFinite() && reference.h.b.allFinite());
+  const double e = err_over_opt(base.stored, reference.h.a, reference.h.b, s, r);
+  EXPECT_LE(e, 1.01);
+  for (const double scale : {std::ldexp(1.0, -50), std::ldexp(1.0, 50)}) {
+    SCOPED_TRACE(::testing::Message() << "scale " << scale);
+    const auto g = upload<T>(x * scale, 3, 1, 85, Layout::TokenMajorPadded);
+    const auto run = run_subspace(g, r, subspace(SubspaceProduct::Gram));
+    ASSERT_TRUE(run.h.a.allFinite() && run.h.b.allFinite());
+    EXPECT_EQ((run.h.b - reference.h.b).norm(), 0.0);
+    EXPECT_EQ((run.h.a - scale * reference.h.a).norm(), 0.0);
+  }
+}
+
 // D = 1100 (two block-rows of 576 and 524 columns; CholeskyQR over 17 whole 64-row tiles and a
 // short one, its Gram in row slices), several staged token chunks with a short last one, r not a
 // multiple of a tile. The sketch product on the same input, staged (TokenMajorPadded: a buffer

@@ -72,6 +72,18 @@ enum class GramFilter {
   Chebyshev,
 };
 
+/// The type G and the basis enter each G V product of the Gram rounds in. Both keep 11
+/// significant bits (TF32 rounds its fp32 operands to that many), so the rounds' error is the same;
+/// fp16 runs the tensor cores at twice the TF32 rate, reads half the bytes, and its range is what
+/// the scaling below is for.
+enum class GramPrecision {
+  /// G times a power of two that puts its largest diagonal entry (for a Gram matrix, >= every entry)
+  /// in [2^13, 2^14), rounded to fp16 once, in place (no extra memory); V in fp16. Every quantity of
+  /// a round scales with G, and CholeskyQR removes the scale, so the factor leaves no trace.
+  Fp16,
+  Tf32,  ///< G and V in fp32, multiplied on the TF32 tensor cores
+};
+
 /// Eigensolver of the small Rayleigh-Ritz problem of the randomized method.
 enum class RitzSolver {
   Syevd,       ///< cusolverDnXsyevd, fp64
@@ -93,6 +105,7 @@ struct GpuCompressorOptions {
   SubspaceProduct subspace_product = SubspaceProduct::Auto;
   GramFilter gram_filter = GramFilter::Chebyshev;  ///< rounds from the Gram matrix (see GramFilter)
   int chebyshev_rounds = 1;  ///< GramFilter::Chebyshev: filtered rounds between the plain first and last, in [0, 12]
+  GramPrecision gram_precision = GramPrecision::Fp16;  ///< operands of the Gram rounds' G V products
   /// CTAs of the one-launch Cholesky factorisation (a latency-bound cooperative kernel whose CTAs
   /// wait at grid barriers): 0 uses as many as its widest step can (fastest for one group alone);
   /// a small cap such as 16 leaves the other SMs to the GEMMs of groups compressed at the same

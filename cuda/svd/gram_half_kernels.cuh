@@ -1,0 +1,78 @@
+// G (D x D, fp32) to fp16 in place for the Gram rounds' products (GramPrecision::Fp16).
+//
+// Scale: a power of two s that puts G's largest diagonal entry in [2^13, 2^14). For a Gram matrix
+// |G_ij| <= sqrt(G_ii G_jj) <= max G_ii, so every entry lands below 2^14 (fp16 holds up to 65504),
+// and only entries below 2^-11 of the largest one reach fp16's subnormals, whose absolute error
+// (2^-25 of the largest entry) is far below the rounding of the large ones. The scaling itself is
+// exact. Each round's quantities scale with G and CholeskyQR removes the scale (chebyshev_kernels.cuh).
+//
+// In place: the fp16 matrix takes the first half of G's buffer, so fp16 column j overwrites fp32
+// columns j / 2. Columns [c0, c1) with c1 <= 2 c0 overwrite only fp32 columns below c0, which
+// earlier launches have read; the first block [0, w0) goes through a scratch buffer.
+#pragma once
+
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cfloat>
+#include <cstdint>
+
+namespace xkv::cuda::detail {
+
+/// *scale = 2^e with max_i G_ii * 2^e in [2^13, 2^14); 1 if G's diagonal is zero or not finite
+/// (NaN and Inf then reach the first round's Z, whose check reports them). One block of 256.
+static __global__ void __launch_bounds__(256) half_scale_kernel(const float* __restrict__ g, std::int64_t d,
+                                                                float* __restrict__ scale) {
+  __shared__ float largest[256];
+  __shared__ int bad[256];
+  float m = 0;
+  int not_finite = 0;
+  for (std::int64_t i = threadIdx.x; i < d; i += blockDim.x) {
+    const float v = fabsf(g[i + i * d]);
+    if (!(v <= FLT_MAX)) not_finite = 1;
+    else m = fmaxf(m, v);
+  }
+  largest[threadIdx.x] = m;
+  bad[threadIdx.x] = not_finite;
+  __syncthreads();
+  for (int w = 128; w > 0; w /= 2) {
+    if (int(threadIdx.x) < w) {
+      largest[threadIdx.x] = fmaxf(largest[threadIdx.x], largest[threadIdx.x + w]);
+      bad[threadIdx.x] |= bad[threadIdx.x + w];
+    }
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) {
+    float s = 1.0f;
+    if (!bad[0] && largest[0] > 0) {
+      // ilogb(m) = e with m in [2^e, 2^(e+1)); the exponent is clamped so that s stays a normal
+      // float (inputs beyond it keep fewer fp16 bits, never overflow).
+      const int e = ilogbf(largest[0]);
+      s = ldexpf(1.0f, max(-126, min(127, 13 - e)));
+    }
+    *scale = s;
+  }
+}
+
+/// out (d x (c1 - c0), fp16, column-major) = scale * G[:, c0:c1). `g` and `out` may share a
+/// buffer when out's bytes lie below column c0 of g (see the top of the file).
+static __global__ void to_half_columns_kernel(const float* g, std::int64_t d, std::int64_t c0, std::int64_t c1,
+                                              const float* __restrict__ scale, __half* out) {
+  const float s = *scale;
+  const float* src = g + c0 * d;
+  const std::int64_t count = (c1 - c0) * d;
+  const std::int64_t first = blockIdx.x * std::int64_t(blockDim.x) + threadIdx.x;
+  const std::int64_t stride = std::int64_t(gridDim.x) * blockDim.x;
+  if (count % 2 == 0 && (c0 * d) % 2 == 0) {  // pairs: 8-byte loads, 4-byte stores
+    const auto* src2 = reinterpret_cast<const float2*>(src);
+    auto* out2 = reinterpret_cast<__half2*>(out);
+    for (std::int64_t i = first; i < count / 2; i += stride) {
+      const float2 v = src2[i];
+      out2[i] = __floats2half2_rn(v.x * s, v.y * s);
+    }
+  } else {
+    for (std::int64_t i = first; i < count; i += stride) out[i] = __float2half_rn(src[i] * s);
+  }
+}
+
+}  // namespace xkv::cuda::detail
