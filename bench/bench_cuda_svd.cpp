@@ -310,33 +310,33 @@ int main(int argc, char** argv) {
   for (const std::int64_t n : {4096, 32768, 131072}) {
     for (const int d : {1152, 4096, 8192}) {
       const std::string shape = "n=" + std::to_string(n) + "/D=" + std::to_string(d) + "/r=" + std::to_string(kRank);
-      benchmark::RegisterBenchmark(("gpu_svd_randomized_p64_q2/" + shape).c_str(), bm_svd, n, d, GpuSvdMethod::Randomized, 2, false, Auto, Chebyshev, Fp16)
+      benchmark::RegisterBenchmark(("gpu_svd_randomized_p64_q2/" + shape).c_str(), bm_svd, n, d, GpuSvdMethod::Randomized, 2, false, Auto, Power, Fp16)
           ->UseManualTime()->Unit(benchmark::kMillisecond)->Iterations(5)->Repetitions(5)->ReportAggregatesOnly(true);
-      // The defaults: q = 3 over the sketches (one more power iteration than the randomized
-      // method: no oversampling), two Chebyshev rounds after the first from the Gram matrix.
-      benchmark::RegisterBenchmark(("gpu_svd_subspace/" + shape).c_str(), bm_svd, n, d, GpuSvdMethod::Subspace, 3, false, Auto, Chebyshev, Fp16)
+      // The defaults: q = 4, plain rounds over the sketches or from the Gram matrix.
+      benchmark::RegisterBenchmark(("gpu_svd_subspace/" + shape).c_str(), bm_svd, n, d, GpuSvdMethod::Subspace, -1, false, Auto, Power, Fp16)
           ->UseManualTime()->Unit(benchmark::kMillisecond)->Iterations(5)->Repetitions(5)->ReportAggregatesOnly(true);
-      if (n >= 32768 && d == 4096) {  // the Gram product's plain rounds, and its TF32 products, for the ratios
-        benchmark::RegisterBenchmark(("gpu_svd_subspace_power_q3/" + shape).c_str(), bm_svd, n, d, GpuSvdMethod::Subspace, 3, false, Auto, Power, Fp16)
+      if (n >= 32768 && d == 4096) {  // the Chebyshev filter (c = 1), and TF32 products, for the ratios
+        benchmark::RegisterBenchmark(("gpu_svd_subspace_chebyshev/" + shape).c_str(), bm_svd, n, d, GpuSvdMethod::Subspace, -1, false, Auto,
+                                     Chebyshev, Fp16)
             ->UseManualTime()->Unit(benchmark::kMillisecond)->Iterations(5)->Repetitions(5)->ReportAggregatesOnly(true);
-        benchmark::RegisterBenchmark(("gpu_svd_subspace_tf32/" + shape).c_str(), bm_svd, n, d, GpuSvdMethod::Subspace, 3, false, Auto,
-                                     Chebyshev, Tf32)
+        benchmark::RegisterBenchmark(("gpu_svd_subspace_tf32/" + shape).c_str(), bm_svd, n, d, GpuSvdMethod::Subspace, -1, false, Auto,
+                                     Power, Tf32)
             ->UseManualTime()->Unit(benchmark::kMillisecond)->Iterations(5)->Repetitions(5)->ReportAggregatesOnly(true);
       }
       // Separate layer buffers (staged token chunks): at n = 4096 the chunk fits beside the sketch
       // within half of the input.
       if ((n >= 32768 && d == 4096) || n == 4096)
         benchmark::RegisterBenchmark(("gpu_svd_subspace_separate_layers/" + shape).c_str(), bm_svd, n, d,
-                                     GpuSvdMethod::Subspace, 3, true, Auto, Chebyshev, Fp16)
+                                     GpuSvdMethod::Subspace, -1, true, Auto, Power, Fp16)
             ->UseManualTime()->Unit(benchmark::kMillisecond)->Iterations(5)->Repetitions(5)->ReportAggregatesOnly(true);
       if (n >= 32768 && d == 4096) {
         // The sketch product on the same matrix, for the ratio (Auto picks the Gram product here).
-        benchmark::RegisterBenchmark(("gpu_svd_subspace_q3_sketch/" + shape).c_str(), bm_svd, n, d,
-                                     GpuSvdMethod::Subspace, 3, false, xkv::cuda::SubspaceProduct::Sketch, Chebyshev, Fp16)
+        benchmark::RegisterBenchmark(("gpu_svd_subspace_sketch/" + shape).c_str(), bm_svd, n, d,
+                                     GpuSvdMethod::Subspace, -1, false, xkv::cuda::SubspaceProduct::Sketch, Power, Fp16)
             ->UseManualTime()->Unit(benchmark::kMillisecond)->Iterations(5)->Repetitions(5)->ReportAggregatesOnly(true);
       }
       if (n <= 32768 && d <= 4096)
-        benchmark::RegisterBenchmark(("gpu_svd_exact_gram_syevd/" + shape).c_str(), bm_svd, n, d, GpuSvdMethod::Exact, -1, false, Auto, Chebyshev, Fp16)
+        benchmark::RegisterBenchmark(("gpu_svd_exact_gram_syevd/" + shape).c_str(), bm_svd, n, d, GpuSvdMethod::Exact, -1, false, Auto, Power, Fp16)
             ->UseManualTime()->Unit(benchmark::kMillisecond)->Iterations(2)->Repetitions(3)->ReportAggregatesOnly(true);
     }
   }
@@ -353,13 +353,13 @@ int main(int argc, char** argv) {
         if (ctas != 0 && !lockstep) continue;  // the lanes without lockstep: see whole_model_32k above
         benchmark::RegisterBenchmark(("gpu_svd_whole_model_32k_concurrent_compressor/lanes=" + std::to_string(lanes) +
                                       (lockstep ? "/lockstep" : "") + (ctas ? "/cholesky_ctas=" + std::to_string(ctas) : "")).c_str(),
-                                     bm_whole_model_concurrent, lanes, lockstep, ctas, false, Chebyshev, Fp16)
+                                     bm_whole_model_concurrent, lanes, lockstep, ctas, false, Power, Fp16)
             ->UseManualTime()->Unit(benchmark::kMillisecond)->Iterations(3)->Repetitions(3)->ReportAggregatesOnly(true);
       }
   for (const int lanes : {8, 16})
     for (const bool lockstep : {false, true})
       for (const auto& [filter, precision, variant] :
-           {std::tuple{Chebyshev, Fp16, ""}, std::tuple{Power, Fp16, "/power_q3"}, std::tuple{Chebyshev, Tf32, "/tf32"}})
+           {std::tuple{Power, Fp16, ""}, std::tuple{Chebyshev, Fp16, "/chebyshev"}, std::tuple{Power, Tf32, "/tf32"}})
         benchmark::RegisterBenchmark(("gpu_svd_whole_model_32k_concurrent_compressor/lanes=" + std::to_string(lanes) +
                                       (lockstep ? "/lockstep" : "") + variant + "/graph").c_str(),
                                      bm_whole_model_concurrent, lanes, lockstep, 0, true, filter, precision)

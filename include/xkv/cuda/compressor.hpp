@@ -48,26 +48,37 @@ enum class SubspaceProduct {
   Auto,
   Sketch,  ///< X^T (X V) over token chunks: 2 (q + 1) passes over X, workspace O(D r)
   /// G = X^T X once (fp32 accumulate, upper block-rows only: ~(b + 1) / 2b of a full GEMM for b
-  /// column blocks), then each round is G V (TF32, D^2 r FLOPs) and X is read twice in all.
-  /// Workspace adds the D x D fp32 G.
+  /// column blocks), then each round is G V (fp16 or TF32, D^2 r FLOPs) and X is read twice in all.
+  /// Workspace adds the D x D fp32 G. Forming G squares the spectrum's range, and the rounds'
+  /// 11-bit products of G cannot resolve a discarded eigenvalue much below ~1e-5 of the largest:
+  /// measured on an H200 (n = 32768, D = 4096, r = 512, s_i ~ i^-a), plain rounds with q = 4 keep
+  /// err/opt at 1.0056 / 1.0068 for a = 0.6 / 0.8 (s_1 / s_r ~ 40 / 150) but reach 1.029 at
+  /// a = 0.9 and 1.26 at a = 1.0, where the sketches of GpuSvdMethod::Randomized stay at
+  /// 1.007-1.009 (docs/PERFORMANCE.md, "Precision floor of the Gram product").
   Gram,
 };
 
 /// How the Subspace rounds that run from the Gram matrix G = X^T X (SubspaceProduct::Gram) turn
 /// one basis V into the next. Each round ends in one CholeskyQR step, which costs several times a
-/// G V product (a latency-bound Cholesky chain and two fp64 D x r x r products), so the filter
-/// that needs fewer of them for the same error wins.
+/// G V product (a latency-bound Cholesky chain and two fp64 D x r x r products).
 enum class GramFilter {
-  Power,  ///< q + 1 rounds V <- CholeskyQR(G V) (q = power_iterations), as the sketches
+  Power,  ///< q + 1 rounds V <- CholeskyQR(G V) (q = power_iterations), as the sketches: the default
+  /// Faster for the same error on slowly decaying spectra, but NOT the default: the filter squares
+  /// the range of the spectrum once more, so it fails where plain rounds still hold. On an H200
+  /// (n = 32768, D = 4096, r = 512, singular values s_i ~ i^-a) c = 1 gave err/opt 1.0076 at
+  /// a = 0.6 and 1.0096 at a = 0.7, then 1.24 at a = 0.8 and 2.48 at a = 1.0 (plain rounds with q = 4:
+  /// 1.0056, 1.0055, 1.0068, 1.26); r = 768 at a = 0.8: 1.54 (q = 4: 1.013). Use it only where the
+  /// spectrum is known to decay slowly.
+  ///
   /// A first and a last round V <- CholeskyQR(G V) and, between them, `chebyshev_rounds` rounds
   /// V <- CholeskyQR(p(G) V) with p the degree-2 Chebyshev polynomial that is small on [0, b]
   /// (p(G) = G^2 - b G + b^2/8, two G products): b is the mean eigenvalue of G outside span(V),
   /// (trace G - trace V^T G V) / (D - r), so the discarded spectrum is damped on both sides of
   /// b/2 instead of only relative to the kept eigenvalues. One such round (3 CholeskyQR steps, 4
-  /// products) errs less than Power with q = 3 (4 steps); two (4 steps) less than q = 4 (5):
-  /// docs/PERFORMANCE.md. The last round is plain because p(G) V spans a range of ~(lambda_1 /
-  /// b)^2: fp32 holds that subspace, but one CholeskyQR step of it is not orthonormal to fp32
-  /// accuracy. Only the Gram product offers the filter: the 16-bit sketches could not hold that
+  /// products) errs less than Power with q = 3 (4 steps); two (4 steps) less than q = 4 (5), on
+  /// the benchmark spectrum (a = 0.6; docs/PERFORMANCE.md). The last round is plain because p(G) V
+  /// spans a range of ~(lambda_1 / b)^2: fp32 holds that subspace, but one CholeskyQR step of it
+  /// is not orthonormal to fp32 accuracy. Only the Gram product offers the filter: the 16-bit sketches could not hold that
   /// range at all.
   Chebyshev,
 };
@@ -93,17 +104,20 @@ enum class RitzSolver {
 };
 
 struct GpuCompressorOptions {
-  /// Subspace is the fast default: err/opt about 1.009 on slowly decaying spectra with q = 3 over
-  /// the sketches, about 1.008 from the Gram matrix with one Chebyshev round (docs/PERFORMANCE.md);
-  /// Randomized with q = 2 reaches about the same error with two fewer passes over X but pays for
-  /// the eigensolver; Exact is the reference.
+  /// Subspace is the fast default: err/opt about 1.006 on slowly decaying spectra with q = 4 (from
+  /// the Gram matrix at n >= ~8 D, else over the sketches; docs/PERFORMANCE.md); Randomized with
+  /// q = 2 reaches about the same error with fewer passes over X but pays for the eigensolver, and
+  /// holds it on spectra that fall too fast for the Gram product (see SubspaceProduct::Gram);
+  /// Exact is the reference.
   GpuSvdMethod method = GpuSvdMethod::Subspace;
   int oversampling = 64;          ///< p: extra directions of the randomized method
-  int power_iterations = 3;       ///< q in [0, 13]: X^T X is applied q + 1 times (q power iterations)
+  /// q in [0, 13]: X^T X is applied q + 1 times (q power iterations). 4: the Gram product's plain
+  /// rounds at r = 768 reached err/opt 1.0108 with q = 3 on the benchmark spectrum, 1.0070 with 4.
+  int power_iterations = 4;
   std::uint64_t seed = 0x786b76;  ///< same seed => bit-identical output
   RitzSolver ritz_solver = RitzSolver::Syevd;
   SubspaceProduct subspace_product = SubspaceProduct::Auto;
-  GramFilter gram_filter = GramFilter::Chebyshev;  ///< rounds from the Gram matrix (see GramFilter)
+  GramFilter gram_filter = GramFilter::Power;  ///< rounds from the Gram matrix (see GramFilter)
   int chebyshev_rounds = 1;  ///< GramFilter::Chebyshev: filtered rounds between the plain first and last, in [0, 12]
   GramPrecision gram_precision = GramPrecision::Fp16;  ///< operands of the Gram rounds' G V products
   /// CTAs of the one-launch Cholesky factorisation (a latency-bound cooperative kernel whose CTAs
