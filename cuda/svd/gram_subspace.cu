@@ -12,11 +12,13 @@
 //   B = V^T, A = X V                     the second and last read of X
 //
 // For n >> D this moves most of the work into one GEMM of n D^2 (b + 1) / b FLOPs against
-// 4 (q + 1) n D r for the sketches: at D = 4096 (b = 8), r = 512, q = 3 that is 4608 n D against
-// 8192 n D.
-// Accuracy matches the sketches: G V from 11-bit operands (fp16 or TF32) with fp32 accumulation
-// keeps more bits than the bf16 Y = X V the sketches round to, and G itself is exact products of
-// the 16-bit X with fp32 accumulation.
+// 4 (q + 1) n D r for the sketches: at D = 4096 (b = 8), r = 512, q = 4 (the default) that is
+// 4608 n D against 10240 n D.
+// On slowly decaying spectra the accuracy matches the sketches' (G is exact products of the 16-bit
+// X with fp32 accumulation, and G V from 11-bit operands keeps more bits than the bf16 Y = X V the
+// sketches round to). But G squares the spectrum's range: where the discarded eigenvalues fall
+// below ~1e-5 of the largest, the 11-bit products of G no longer resolve them and the sketches,
+// which never form G, do better (SubspaceProduct::Gram in compressor.hpp, docs/PERFORMANCE.md).
 #include <algorithm>
 #include <type_traits>
 
