@@ -63,6 +63,15 @@ GramRun run_subspace(const DeviceGroup<T>& g, int rank, const GpuCompressorOptio
   return {fetch(f, g.n, g.layers, g.width(), result.rank), result.gram_product};
 }
 
+/// err/opt of a run that must take the Gram product and give finite factors.
+template <class T>
+double gram_err_over_opt(const DeviceGroup<T>& g, int rank, const Eigen::VectorXd& s, const GpuCompressorOptions& opt) {
+  const auto run = run_subspace(g, rank, opt);
+  EXPECT_TRUE(run.gram);
+  EXPECT_TRUE(run.h.a.allFinite() && run.h.b.allFinite());
+  return err_over_opt(g.stored, run.h.a, run.h.b, s, rank);
+}
+
 template <class T>
 double property_tolerance() {
   return std::is_same_v<T, float> ? 1e-4 : 2e-2;
@@ -125,12 +134,7 @@ TEST(GpuSvdGramFilter, ChebyshevRoundsBeatPlainRounds) {
   const auto g = upload<T>(spectrum_matrix(4096, 768, 0.6, test_seed() + 26), 4, 3, 64, Layout::Interleaved);
   const int r = 96;
   const auto s = reference_singular_values(g.stored);
-  auto excess = [&](const GpuCompressorOptions& opt) {
-    const auto run = run_subspace(g, r, opt);
-    EXPECT_TRUE(run.gram);
-    EXPECT_TRUE(run.h.a.allFinite() && run.h.b.allFinite());
-    return err_over_opt(g.stored, run.h.a, run.h.b, s, r) - 1.0;
-  };
+  auto excess = [&](const GpuCompressorOptions& opt) { return gram_err_over_opt(g, r, s, opt) - 1.0; };
   const double c1 = excess(chebyshev(1)), c2 = excess(chebyshev(2));
   const double q2 = excess(gram_power(2)), q3 = excess(gram_power(3)), q4 = excess(gram_power(4));
   std::printf("[svd gram] err/opt - 1: Chebyshev c = 1 %.5f, c = 2 %.5f; power q = 2 %.5f, q = 3 %.5f, q = 4 %.5f\n",
@@ -156,16 +160,10 @@ TEST(GpuSvdGramFilter, DefaultRoundsHoldOnSteeperSpectra) {
   const auto g = upload<T>(spectrum_matrix(4096, 768, 0.9, test_seed() + 30), 4, 3, 64, Layout::Interleaved);
   const int r = 96;
   const auto s = reference_singular_values(g.stored);
-  auto error = [&](GpuCompressorOptions opt) {
-    const auto run = run_subspace(g, r, opt);
-    EXPECT_TRUE(run.gram);
-    EXPECT_TRUE(run.h.a.allFinite() && run.h.b.allFinite());
-    return err_over_opt(g.stored, run.h.a, run.h.b, s, r);
-  };
   GpuCompressorOptions defaults;
   defaults.subspace_product = SubspaceProduct::Gram;
   defaults.seed = test_seed();
-  const double plain = error(defaults), filtered = error(chebyshev(1));
+  const double plain = gram_err_over_opt(g, r, s, defaults), filtered = gram_err_over_opt(g, r, s, chebyshev(1));
   std::printf("[svd gram] s_i ~ i^-0.9, s_1 / s_r = %.0f: err/opt default (power q = %d) %.6f, Chebyshev c = 1 %.6f\n",
               s(0) / s(r - 1), defaults.power_iterations, plain, filtered);
   EXPECT_EQ(defaults.gram_filter, cuda::GramFilter::Power);
