@@ -108,9 +108,26 @@ double optimum_squared(Group& g, std::int64_t n, int d) {
   return g.optimum_squared;
 }
 
+/// How the Gram product's rounds run (GpuCompressorOptions::gram_filter, chebyshev_rounds,
+/// gram_precision).
+struct GramRounds {
+  xkv::cuda::GramFilter filter;
+  int chebyshev_rounds;
+  xkv::cuda::GramPrecision precision;
+
+  void apply(xkv::cuda::GpuCompressorOptions& opt) const {
+    opt.gram_filter = filter;
+    opt.chebyshev_rounds = chebyshev_rounds;
+    opt.gram_precision = precision;
+  }
+};
+constexpr GramRounds kDefaultRounds{xkv::cuda::GramFilter::Chebyshev, 2, xkv::cuda::GramPrecision::Fp16};
+constexpr GramRounds kOneChebyshevRound{xkv::cuda::GramFilter::Chebyshev, 1, xkv::cuda::GramPrecision::Fp16};
+constexpr GramRounds kPlainRounds{xkv::cuda::GramFilter::Power, 0, xkv::cuda::GramPrecision::Fp16};
+constexpr GramRounds kTf32Rounds{xkv::cuda::GramFilter::Chebyshev, 2, xkv::cuda::GramPrecision::Tf32};
+
 void bm_svd(benchmark::State& state, std::int64_t n, int d, GpuSvdMethod method, int power_iterations,
-            bool separate, xkv::cuda::SubspaceProduct product, xkv::cuda::GramFilter filter,
-            xkv::cuda::GramPrecision precision) {
+            bool separate, xkv::cuda::SubspaceProduct product, GramRounds rounds) {
   if (!xkv::cuda::device_available()) {
     state.SkipWithError("no CUDA device");
     return;
@@ -122,8 +139,7 @@ void bm_svd(benchmark::State& state, std::int64_t n, int d, GpuSvdMethod method,
   opt.method = method;
   if (power_iterations >= 0) opt.power_iterations = power_iterations;
   opt.subspace_product = product;
-  opt.gram_filter = filter;
-  opt.gram_precision = precision;
+  rounds.apply(opt);
   xkv::cuda::Compressor<bf16> svd(opt);
   auto args = arguments(g, out);
   if (separate) args.layers = separate_layers(g, n, d);
@@ -162,7 +178,7 @@ const std::vector<xkv::cuda::DeviceBuffer<bf16>>& whole_model_inputs() {
 
 /// A whole model's compression after a 32k-token prefill of Llama-3.1-8B (32 layers in groups of
 /// G = 4, 8 KV heads x 128, so D = 4096): 8 key groups at r = 512 and 8 value groups at r = 768
-/// (the paper's 6.4x, K:V rank 1:1.5), 16 distinct matrices read in place, subspace q = 3.
+/// (the paper's 6.4x, K:V rank 1:1.5), 16 distinct matrices read in place, default options.
 /// Factorisation f runs on stream f % streams with its own Compressor and workspace; one
 /// iteration is the wall time from the first launch until every stream is done. cholesky_ctas
 /// caps the CTAs of the Cholesky kernel (GpuCompressorOptions::cholesky_ctas; 0: no cap).
@@ -240,8 +256,7 @@ void bm_whole_model(benchmark::State& state, int streams, int cholesky_ctas) {
 /// With `graph`, one run is captured into a CUDA graph after the warm-up and each iteration
 /// launches the graph: the device time without the host's enqueueing of ~1000 launches.
 void bm_whole_model_concurrent(benchmark::State& state, int lanes, bool lockstep, int cholesky_ctas,
-                               bool graph, xkv::cuda::GramFilter filter,
-                               xkv::cuda::GramPrecision precision) {
+                               bool graph, GramRounds rounds) {
   if (!xkv::cuda::device_available()) {
     state.SkipWithError("no CUDA device");
     return;
@@ -263,8 +278,7 @@ void bm_whole_model_concurrent(benchmark::State& state, int lanes, bool lockstep
   }
   xkv::cuda::GpuCompressorOptions options;
   options.cholesky_ctas = cholesky_ctas;  // 0: the class's default cap
-  options.gram_filter = filter;
-  options.gram_precision = precision;
+  rounds.apply(options);
   xkv::cuda::ConcurrentCompressor<bf16> all(options, lanes, lockstep);
   xkv::cuda::Stream stream;
   (void)all.run(jobs, stream.get());  // warm-up, and the workspaces
@@ -303,40 +317,35 @@ void bm_whole_model_concurrent(benchmark::State& state, int lanes, bool lockstep
 
 int main(int argc, char** argv) {
   constexpr auto Auto = xkv::cuda::SubspaceProduct::Auto;
-  constexpr auto Chebyshev = xkv::cuda::GramFilter::Chebyshev;
-  constexpr auto Power = xkv::cuda::GramFilter::Power;
-  constexpr auto Fp16 = xkv::cuda::GramPrecision::Fp16;
-  constexpr auto Tf32 = xkv::cuda::GramPrecision::Tf32;
   for (const std::int64_t n : {4096, 32768, 131072}) {
     for (const int d : {1152, 4096, 8192}) {
       const std::string shape = "n=" + std::to_string(n) + "/D=" + std::to_string(d) + "/r=" + std::to_string(kRank);
-      benchmark::RegisterBenchmark(("gpu_svd_randomized_p64_q2/" + shape).c_str(), bm_svd, n, d, GpuSvdMethod::Randomized, 2, false, Auto, Power, Fp16)
+      benchmark::RegisterBenchmark(("gpu_svd_randomized_p64_q2/" + shape).c_str(), bm_svd, n, d, GpuSvdMethod::Randomized, 2, false, Auto, kDefaultRounds)
           ->UseManualTime()->Unit(benchmark::kMillisecond)->Iterations(5)->Repetitions(5)->ReportAggregatesOnly(true);
-      // The defaults: q = 4, plain rounds over the sketches or from the Gram matrix.
-      benchmark::RegisterBenchmark(("gpu_svd_subspace/" + shape).c_str(), bm_svd, n, d, GpuSvdMethod::Subspace, -1, false, Auto, Power, Fp16)
+      // The defaults: q = 4 over the sketches, two Chebyshev rounds from the Gram matrix.
+      benchmark::RegisterBenchmark(("gpu_svd_subspace/" + shape).c_str(), bm_svd, n, d, GpuSvdMethod::Subspace, -1, false, Auto, kDefaultRounds)
           ->UseManualTime()->Unit(benchmark::kMillisecond)->Iterations(5)->Repetitions(5)->ReportAggregatesOnly(true);
-      if (n >= 32768 && d == 4096) {  // the Chebyshev filter (c = 1), and TF32 products, for the ratios
-        benchmark::RegisterBenchmark(("gpu_svd_subspace_chebyshev/" + shape).c_str(), bm_svd, n, d, GpuSvdMethod::Subspace, -1, false, Auto,
-                                     Chebyshev, Fp16)
-            ->UseManualTime()->Unit(benchmark::kMillisecond)->Iterations(5)->Repetitions(5)->ReportAggregatesOnly(true);
-        benchmark::RegisterBenchmark(("gpu_svd_subspace_tf32/" + shape).c_str(), bm_svd, n, d, GpuSvdMethod::Subspace, -1, false, Auto,
-                                     Power, Tf32)
-            ->UseManualTime()->Unit(benchmark::kMillisecond)->Iterations(5)->Repetitions(5)->ReportAggregatesOnly(true);
+      if (n >= 32768 && d == 4096) {  // the other rounds from the Gram matrix, for the ratios
+        for (const auto& [rounds, name] : {std::pair{kOneChebyshevRound, "chebyshev1"}, std::pair{kPlainRounds, "power"},
+                                           std::pair{kTf32Rounds, "tf32"}})
+          benchmark::RegisterBenchmark(("gpu_svd_subspace_" + std::string(name) + "/" + shape).c_str(), bm_svd, n, d,
+                                       GpuSvdMethod::Subspace, -1, false, Auto, rounds)
+              ->UseManualTime()->Unit(benchmark::kMillisecond)->Iterations(5)->Repetitions(5)->ReportAggregatesOnly(true);
       }
       // Separate layer buffers (staged token chunks): at n = 4096 the chunk fits beside the sketch
       // within half of the input.
       if ((n >= 32768 && d == 4096) || n == 4096)
         benchmark::RegisterBenchmark(("gpu_svd_subspace_separate_layers/" + shape).c_str(), bm_svd, n, d,
-                                     GpuSvdMethod::Subspace, -1, true, Auto, Power, Fp16)
+                                     GpuSvdMethod::Subspace, -1, true, Auto, kDefaultRounds)
             ->UseManualTime()->Unit(benchmark::kMillisecond)->Iterations(5)->Repetitions(5)->ReportAggregatesOnly(true);
       if (n >= 32768 && d == 4096) {
         // The sketch product on the same matrix, for the ratio (Auto picks the Gram product here).
         benchmark::RegisterBenchmark(("gpu_svd_subspace_sketch/" + shape).c_str(), bm_svd, n, d,
-                                     GpuSvdMethod::Subspace, -1, false, xkv::cuda::SubspaceProduct::Sketch, Power, Fp16)
+                                     GpuSvdMethod::Subspace, -1, false, xkv::cuda::SubspaceProduct::Sketch, kDefaultRounds)
             ->UseManualTime()->Unit(benchmark::kMillisecond)->Iterations(5)->Repetitions(5)->ReportAggregatesOnly(true);
       }
       if (n <= 32768 && d <= 4096)
-        benchmark::RegisterBenchmark(("gpu_svd_exact_gram_syevd/" + shape).c_str(), bm_svd, n, d, GpuSvdMethod::Exact, -1, false, Auto, Power, Fp16)
+        benchmark::RegisterBenchmark(("gpu_svd_exact_gram_syevd/" + shape).c_str(), bm_svd, n, d, GpuSvdMethod::Exact, -1, false, Auto, kDefaultRounds)
             ->UseManualTime()->Unit(benchmark::kMillisecond)->Iterations(2)->Repetitions(3)->ReportAggregatesOnly(true);
     }
   }
@@ -353,16 +362,16 @@ int main(int argc, char** argv) {
         if (ctas != 0 && !lockstep) continue;  // the lanes without lockstep: see whole_model_32k above
         benchmark::RegisterBenchmark(("gpu_svd_whole_model_32k_concurrent_compressor/lanes=" + std::to_string(lanes) +
                                       (lockstep ? "/lockstep" : "") + (ctas ? "/cholesky_ctas=" + std::to_string(ctas) : "")).c_str(),
-                                     bm_whole_model_concurrent, lanes, lockstep, ctas, false, Power, Fp16)
+                                     bm_whole_model_concurrent, lanes, lockstep, ctas, false, kDefaultRounds)
             ->UseManualTime()->Unit(benchmark::kMillisecond)->Iterations(3)->Repetitions(3)->ReportAggregatesOnly(true);
       }
   for (const int lanes : {8, 16})
     for (const bool lockstep : {false, true})
-      for (const auto& [filter, precision, variant] :
-           {std::tuple{Power, Fp16, ""}, std::tuple{Chebyshev, Fp16, "/chebyshev"}, std::tuple{Power, Tf32, "/tf32"}})
+      for (const auto& [rounds, variant] : {std::pair{kDefaultRounds, ""}, std::pair{kOneChebyshevRound, "/chebyshev1"},
+                                            std::pair{kPlainRounds, "/power"}, std::pair{kTf32Rounds, "/tf32"}})
         benchmark::RegisterBenchmark(("gpu_svd_whole_model_32k_concurrent_compressor/lanes=" + std::to_string(lanes) +
                                       (lockstep ? "/lockstep" : "") + variant + "/graph").c_str(),
-                                     bm_whole_model_concurrent, lanes, lockstep, 0, true, filter, precision)
+                                     bm_whole_model_concurrent, lanes, lockstep, 0, true, rounds)
             ->UseManualTime()->Unit(benchmark::kMillisecond)->Iterations(3)->Repetitions(3)->ReportAggregatesOnly(true);
   benchmark::Initialize(&argc, argv);
   benchmark::RunSpecifiedBenchmarks();

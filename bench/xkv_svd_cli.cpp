@@ -232,7 +232,8 @@ int main(int argc, char** argv) try {
   opt.oversampling = int(number(args, "oversampling", opt.oversampling));
   opt.power_iterations = int(number(args, "power-iterations", opt.power_iterations));
   opt.chebyshev_rounds = int(number(args, "chebyshev-rounds", opt.chebyshev_rounds));
-  const std::string filter = args.count("filter") ? args.at("filter") : "power";
+  const std::string filter =
+      args.count("filter") ? args.at("filter") : (opt.gram_filter == xkv::cuda::GramFilter::Power ? "power" : "chebyshev");
   if (filter != "chebyshev" && filter != "power") {
     std::fprintf(stderr, "--filter must be chebyshev or power, got %s\n", filter.c_str());
     return 2;

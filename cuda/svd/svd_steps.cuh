@@ -89,8 +89,9 @@ inline void dgemm(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, 
   XKV_CUDA_CHECK(cublasDgemm(h, ta, tb, int(m), int(n), int(k), &one, a, int(lda), b, int(ldb), &zero, c, int(ldc)));
 }
 
-/// Relative diagonal shift before Cholesky of an fp64 Gram matrix: far above fp64 rounding of the
-/// Gram, far below anything that changes the subspace.
+/// Relative diagonal shift before Cholesky of an fp64 Gram matrix (per unit of its trace, after
+/// Jacobi scaling for DiagonalShift::PerColumn): far above fp64 rounding of the Gram, far below
+/// anything that changes the subspace.
 inline constexpr double kCholeskyShift = 1e-12;
 inline constexpr double kCholeskyFloor = 1e-200;
 
@@ -101,14 +102,19 @@ inline CholeskyWorkspace carve_cholesky(const CompressorState& st, double* base,
 }
 
 /// g (k x k, upper triangle) <- chol + inverse in `chol`, after the relative diagonal shift.
-inline void factor_shifted(double* g, int k, const CholeskyWorkspace& chol, int* info, cudaStream_t stream) {
-  shift_diagonal_kernel<<<1, 1024, 0, stream>>>(g, k, kCholeskyShift, kCholeskyFloor);
+inline void factor_shifted(double* g, int k, const CholeskyWorkspace& chol, int* info, cudaStream_t stream,
+                           DiagonalShift mode) {
+  shift_diagonal_kernel<<<1, 1024, 0, stream>>>(g, k, kCholeskyShift, kCholeskyFloor, mode);
   check_launch();
   cholesky_inverse(g, k, chol, info, stream);
 }
 
 /// out (rows x k, fp64) = x R^{-1} with R^T R = x^T x + shift: one CholeskyQR pass, the
-/// triangular solve done as a GEMM with the explicit inverse (R^{-1} = L^{-T}).
+/// triangular solve done as a GEMM with the explicit inverse (R^{-1} = L^{-T}). The randomized
+/// method's rounds: their shift stays relative to the trace (DiagonalShift::Trace), so that
+/// directions X does not have (a rank-deficient input) stay tiny columns of the basis instead of
+/// unit ones. The Rayleigh-Ritz matrix V^T Z that follows is formed in working precision, and unit
+/// columns in the null space of X would fill it with indefinite rounding far above its shift.
 inline void cholesky_qr(CompressorState& st, const double* x, double* out, std::int64_t rows, int k, double* g,
                  const CholeskyWorkspace& chol, int* info, cudaStream_t stream, int* nonfinite = nullptr) {
   const double one = 1.0, zero = 0.0;
@@ -117,7 +123,7 @@ inline void cholesky_qr(CompressorState& st, const double* x, double* out, std::
     flag_nonfinite_kernel<double><<<1, 256, 0, stream>>>(g, k, nonfinite, k + 1);
     check_launch();
   }
-  factor_shifted(g, k, chol, info, stream);
+  factor_shifted(g, k, chol, info, stream, DiagonalShift::Trace);
   XKV_CUDA_CHECK(cublasDgemm(st.blas, CUBLAS_OP_N, CUBLAS_OP_T, int(rows), k, k, &one, x, int(rows), chol.w,
                              chol.padded, &zero, out, int(rows)));
 }
@@ -137,7 +143,7 @@ inline void cholesky_qr_gram(const float* z, std::int64_t rows, int k, double* g
     flag_nonfinite_kernel<double><<<1, 256, 0, stream>>>(g, k, nonfinite, k + 1);
     check_launch();
   }
-  shift_diagonal_kernel<<<1, 1024, 0, stream>>>(g, k, kCholeskyShift, kCholeskyFloor);
+  shift_diagonal_kernel<<<1, 1024, 0, stream>>>(g, k, kCholeskyShift, kCholeskyFloor, DiagonalShift::PerColumn);
   check_launch();
 }
 

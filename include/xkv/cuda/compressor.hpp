@@ -51,10 +51,10 @@ enum class SubspaceProduct {
   /// column blocks), then each round is G V (fp16 or TF32, D^2 r FLOPs) and X is read twice in all.
   /// Workspace adds the D x D fp32 G. Forming G squares the spectrum's range, and the rounds'
   /// 11-bit products of G cannot resolve a discarded eigenvalue much below ~1e-5 of the largest:
-  /// measured on an H200 (n = 32768, D = 4096, r = 512, s_i ~ i^-a), plain rounds with q = 4 keep
-  /// err/opt at 1.0056 / 1.0068 for a = 0.6 / 0.8 (s_1 / s_r ~ 40 / 150) but reach 1.029 at
-  /// a = 0.9 and 1.26 at a = 1.0, where the sketches of GpuSvdMethod::Randomized stay at
-  /// 1.007-1.009 (docs/PERFORMANCE.md, "Precision floor of the Gram product").
+  /// measured on an H200 (n = 32768, D = 4096, r = 512, s_i ~ i^-a), the default rounds keep
+  /// err/opt at 1.0033 / 1.0047 for a = 0.6 / 0.8 (s_1 / s_r ~ 40 / 150) but reach 1.27 at
+  /// a = 1.0, where the sketches of GpuSvdMethod::Randomized stay at 1.007-1.009
+  /// (docs/PERFORMANCE.md, "Precision floor of the Gram product").
   Gram,
 };
 
@@ -62,24 +62,23 @@ enum class SubspaceProduct {
 /// one basis V into the next. Each round ends in one CholeskyQR step, which costs several times a
 /// G V product (a latency-bound Cholesky chain and two fp64 D x r x r products).
 enum class GramFilter {
-  Power,  ///< q + 1 rounds V <- CholeskyQR(G V) (q = power_iterations), as the sketches: the default
-  /// Faster for the same error on slowly decaying spectra, but NOT the default: the filter squares
-  /// the range of the spectrum once more, so it fails where plain rounds still hold. On an H200
-  /// (n = 32768, D = 4096, r = 512, singular values s_i ~ i^-a) c = 1 gave err/opt 1.0076 at
-  /// a = 0.6 and 1.0096 at a = 0.7, then 1.24 at a = 0.8 and 2.48 at a = 1.0 (plain rounds with q = 4:
-  /// 1.0056, 1.0055, 1.0068, 1.26); r = 768 at a = 0.8: 1.54 (q = 4: 1.013). Use it only where the
-  /// spectrum is known to decay slowly.
-  ///
-  /// A first and a last round V <- CholeskyQR(G V) and, between them, `chebyshev_rounds` rounds
-  /// V <- CholeskyQR(p(G) V) with p the degree-2 Chebyshev polynomial that is small on [0, b]
-  /// (p(G) = G^2 - b G + b^2/8, two G products): b is the mean eigenvalue of G outside span(V),
-  /// (trace G - trace V^T G V) / (D - r), so the discarded spectrum is damped on both sides of
-  /// b/2 instead of only relative to the kept eigenvalues. One such round (3 CholeskyQR steps, 4
-  /// products) errs less than Power with q = 3 (4 steps); two (4 steps) less than q = 4 (5), on
-  /// the benchmark spectrum (a = 0.6; docs/PERFORMANCE.md). The last round is plain because p(G) V
-  /// spans a range of ~(lambda_1 / b)^2: fp32 holds that subspace, but one CholeskyQR step of it
-  /// is not orthonormal to fp32 accuracy. Only the Gram product offers the filter: the 16-bit sketches could not hold that
-  /// range at all.
+  Power,  ///< q + 1 rounds V <- CholeskyQR(G V) (q = power_iterations), as the sketches
+  /// The default: a first and a last round V <- CholeskyQR(G V) and, between them,
+  /// `chebyshev_rounds` rounds V <- CholeskyQR(p(G) V) with p the degree-2 Chebyshev polynomial
+  /// that is small on [0, b] (p(G) = G^2 - b G + b^2/8, two G products): b is the mean
+  /// eigenvalue of G outside span(V), (trace G - trace V^T G V) / (D - r), so the discarded
+  /// spectrum is damped on both sides of b/2 instead of only relative to the kept eigenvalues.
+  /// Two such rounds (4 CholeskyQR steps, 6 products) err less than Power with q = 4 (5 steps, 5
+  /// products) and take less time; one (3 steps, 4 products) is faster still and about as
+  /// accurate as q = 4. On an H200 (n = 32768, D = 4096, s_i ~ i^-a; docs/PERFORMANCE.md), r = 512:
+  /// c = 2 / c = 1 / q = 4 err/opt 1.0033 / 1.0076 / 1.0056 at a = 0.6, 1.0047 / 1.0091 / 1.0068 at
+  /// a = 0.8, in 2.96 / 2.47 / 3.30 ms; r = 768: 1.0041 / 1.0091 / 1.0070 at a = 0.6 and
+  /// 1.0103 / 1.0156 / 1.0128 at a = 0.8. p(G) V spans a range of ~(lambda_1 / b)^2: CholeskyQR
+  /// orthonormalises it only because its diagonal shift is taken per column (after Jacobi
+  /// scaling); a shift relative to the trace swamped the small columns (c = 1 gave 1.24 at a = 0.8).
+  /// The last round is plain because one CholeskyQR step of that range is not orthonormal to
+  /// fp32 accuracy. Only the Gram product offers the filter: the 16-bit sketches could not hold
+  /// that range at all.
   Chebyshev,
 };
 
@@ -104,21 +103,23 @@ enum class RitzSolver {
 };
 
 struct GpuCompressorOptions {
-  /// Subspace is the fast default: err/opt about 1.006 on slowly decaying spectra with q = 4 (from
-  /// the Gram matrix at n >= ~8 D, else over the sketches; docs/PERFORMANCE.md); Randomized with
+  /// Subspace is the fast default: err/opt about 1.003-1.006 on slowly decaying spectra (from the
+  /// Gram matrix at n >= ~8 D with two Chebyshev rounds, else over the sketches with q = 4;
+  /// docs/PERFORMANCE.md); Randomized with
   /// q = 2 reaches about the same error with fewer passes over X but pays for the eigensolver, and
   /// holds it on spectra that fall too fast for the Gram product (see SubspaceProduct::Gram);
   /// Exact is the reference.
   GpuSvdMethod method = GpuSvdMethod::Subspace;
   int oversampling = 64;          ///< p: extra directions of the randomized method
-  /// q in [0, 13]: X^T X is applied q + 1 times (q power iterations). 4: the Gram product's plain
-  /// rounds at r = 768 reached err/opt 1.0108 with q = 3 on the benchmark spectrum, 1.0070 with 4.
+  /// q in [0, 13]: X^T X is applied q + 1 times (q power iterations) by the sketches, and by the
+  /// Gram product's plain rounds (GramFilter::Power), which at r = 768 reached err/opt 1.0108 with
+  /// q = 3 on the benchmark spectrum, 1.0070 with 4.
   int power_iterations = 4;
   std::uint64_t seed = 0x786b76;  ///< same seed => bit-identical output
   RitzSolver ritz_solver = RitzSolver::Syevd;
   SubspaceProduct subspace_product = SubspaceProduct::Auto;
-  GramFilter gram_filter = GramFilter::Power;  ///< rounds from the Gram matrix (see GramFilter)
-  int chebyshev_rounds = 1;  ///< GramFilter::Chebyshev: filtered rounds between the plain first and last, in [0, 12]
+  GramFilter gram_filter = GramFilter::Chebyshev;  ///< rounds from the Gram matrix (see GramFilter)
+  int chebyshev_rounds = 2;  ///< GramFilter::Chebyshev: filtered rounds between the plain first and last, in [0, 12]
   GramPrecision gram_precision = GramPrecision::Fp16;  ///< operands of the Gram rounds' G V products
   /// CTAs of the one-launch Cholesky factorisation (a latency-bound cooperative kernel whose CTAs
   /// wait at grid barriers): 0 uses as many as its widest step can (fastest for one group alone);
