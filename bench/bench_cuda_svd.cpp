@@ -125,6 +125,7 @@ constexpr GramRounds kDefaultRounds{xkv::cuda::GramFilter::Chebyshev, 2, xkv::cu
 constexpr GramRounds kOneChebyshevRound{xkv::cuda::GramFilter::Chebyshev, 1, xkv::cuda::GramPrecision::Fp16};
 constexpr GramRounds kPlainRounds{xkv::cuda::GramFilter::Power, 0, xkv::cuda::GramPrecision::Fp16};
 constexpr GramRounds kTf32Rounds{xkv::cuda::GramFilter::Chebyshev, 2, xkv::cuda::GramPrecision::Tf32};
+constexpr GramRounds kSplitRounds{xkv::cuda::GramFilter::Chebyshev, 2, xkv::cuda::GramPrecision::Fp16Split};
 
 void bm_svd(benchmark::State& state, std::int64_t n, int d, GpuSvdMethod method, int power_iterations,
             bool separate, xkv::cuda::SubspaceProduct product, GramRounds rounds) {
@@ -327,7 +328,7 @@ int main(int argc, char** argv) {
           ->UseManualTime()->Unit(benchmark::kMillisecond)->Iterations(5)->Repetitions(5)->ReportAggregatesOnly(true);
       if (n >= 32768 && d == 4096) {  // the other rounds from the Gram matrix, for the ratios
         for (const auto& [rounds, name] : {std::pair{kOneChebyshevRound, "chebyshev1"}, std::pair{kPlainRounds, "power"},
-                                           std::pair{kTf32Rounds, "tf32"}})
+                                           std::pair{kTf32Rounds, "tf32"}, std::pair{kSplitRounds, "split"}})
           benchmark::RegisterBenchmark(("gpu_svd_subspace_" + std::string(name) + "/" + shape).c_str(), bm_svd, n, d,
                                        GpuSvdMethod::Subspace, -1, false, Auto, rounds)
               ->UseManualTime()->Unit(benchmark::kMillisecond)->Iterations(5)->Repetitions(5)->ReportAggregatesOnly(true);
@@ -368,7 +369,8 @@ int main(int argc, char** argv) {
   for (const int lanes : {8, 16})
     for (const bool lockstep : {false, true})
       for (const auto& [rounds, variant] : {std::pair{kDefaultRounds, ""}, std::pair{kOneChebyshevRound, "/chebyshev1"},
-                                            std::pair{kPlainRounds, "/power"}, std::pair{kTf32Rounds, "/tf32"}})
+                                            std::pair{kPlainRounds, "/power"}, std::pair{kTf32Rounds, "/tf32"},
+                                            std::pair{kSplitRounds, "/split"}})
         benchmark::RegisterBenchmark(("gpu_svd_whole_model_32k_concurrent_compressor/lanes=" + std::to_string(lanes) +
                                       (lockstep ? "/lockstep" : "") + variant + "/graph").c_str(),
                                      bm_whole_model_concurrent, lanes, lockstep, 0, true, rounds)

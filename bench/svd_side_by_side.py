@@ -80,7 +80,8 @@ def main():
     p.add_argument("--rank", type=int, default=512)
     p.add_argument("--oversampling", type=int, default=64)
     p.add_argument("--power-iterations", type=int, default=2, help="torch.svd_lowrank and xkv randomized")
-    p.add_argument("--fast-power-iterations", type=int, default=4, help="xkv fast (subspace iteration; the library default)")
+    p.add_argument("--fast-power-iterations", type=int, default=4,
+                   help="q of xkv fast over the sketches or with plain Gram rounds (the library default)")
     p.add_argument("--decay", type=float, default=0.6)
     p.add_argument("--seed", type=int, default=20261129)
     p.add_argument("--reps", type=int, default=5)

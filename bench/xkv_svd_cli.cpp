@@ -2,7 +2,7 @@
 // CUDA events, and write A and B for an external error check (bench/svd_side_by_side.py).
 //   xkv_svd_cli --in X.bin --n N --layers G --heads H --head-dim d --rank r [--method subspace|randomized|exact]
 //               [--iters K] [--oversampling p] [--power-iterations q] [--ritz syevd|syevd32|syevj|syevj32]
-//               [--filter chebyshev|power] [--chebyshev-rounds c] [--gram-precision fp16|tf32] [--staging fraction]
+//               [--filter chebyshev|power] [--chebyshev-rounds c] [--gram-precision fp16|fp16split|tf32] [--staging fraction]
 //               [--out-a A.bin --out-b B.bin]
 // X.bin is row-major [n x G*H*d] bf16; layer l is columns [l*H*d, (l+1)*H*d). Prints one line:
 //   method=... median_ms=... min_ms=... workspace_bytes=...
@@ -240,11 +240,13 @@ int main(int argc, char** argv) try {
   }
   opt.gram_filter = filter == "power" ? xkv::cuda::GramFilter::Power : xkv::cuda::GramFilter::Chebyshev;
   const std::string precision = args.count("gram-precision") ? args.at("gram-precision") : "fp16";
-  if (precision != "fp16" && precision != "tf32") {
-    std::fprintf(stderr, "--gram-precision must be fp16 or tf32, got %s\n", precision.c_str());
+  if (precision != "fp16" && precision != "tf32" && precision != "fp16split") {
+    std::fprintf(stderr, "--gram-precision must be fp16, fp16split or tf32, got %s\n", precision.c_str());
     return 2;
   }
-  opt.gram_precision = precision == "tf32" ? xkv::cuda::GramPrecision::Tf32 : xkv::cuda::GramPrecision::Fp16;
+  opt.gram_precision = precision == "tf32"        ? xkv::cuda::GramPrecision::Tf32
+                       : precision == "fp16split" ? xkv::cuda::GramPrecision::Fp16Split
+                                                  : xkv::cuda::GramPrecision::Fp16;
   if (args.count("staging")) opt.staging_fraction = std::stod(args.at("staging"));
   const std::string ritz = args.count("ritz") ? args.at("ritz") : "syevd";
   if (ritz == "syevj") opt.ritz_solver = xkv::cuda::RitzSolver::Syevj;

@@ -21,18 +21,21 @@
 namespace xkv::cuda::detail {
 
 /// partial[blockIdx.x] = this block's share of trace V^T P = sum_i v_i p_i, and
-/// partial[kFilterBlocks + blockIdx.x] its share of trace G (G: d x d, column-major), both in
-/// fp64 and a fixed order. A scaled fp16 G scales both traces, and so b and s, alike: Y does not
-/// change, C and Z take the scale (see the top of the file). Grid kFilterBlocks x 256.
+/// partial[kFilterBlocks + blockIdx.x] its share of trace G (G: d x d, column-major with leading
+/// dimension ld; plus gram_lo, the split G's remainder, when not null), both in fp64 and a fixed
+/// order. A scaled fp16 G scales both traces, and so b and s, alike: Y does not change, C and Z
+/// take the scale (see the top of the file). Grid kFilterBlocks x 256.
 template <class Basis>
 __global__ void __launch_bounds__(256) filter_traces_kernel(const Basis* __restrict__ v, const float* __restrict__ p,
                                                             std::int64_t count, const Basis* __restrict__ gram,
-                                                            std::int64_t d, double* __restrict__ partial) {
+                                                            const Basis* __restrict__ gram_lo, std::int64_t d,
+                                                            std::int64_t ld, double* __restrict__ partial) {
   const std::int64_t first = blockIdx.x * std::int64_t(blockDim.x) + threadIdx.x;
   const std::int64_t stride = std::int64_t(gridDim.x) * blockDim.x;
   double captured = 0, total = 0;
   for (std::int64_t i = first; i < count; i += stride) captured += to_f64(v[i]) * double(p[i]);
-  for (std::int64_t j = first; j < d; j += stride) total += to_f64(gram[j + j * d]);
+  for (std::int64_t j = first; j < d; j += stride)
+    total += to_f64(gram[j + j * ld]) + (gram_lo ? to_f64(gram_lo[j + j * ld]) : 0.0);
   __shared__ double red[2][256];
   red[0][threadIdx.x] = captured;
   red[1][threadIdx.x] = total;

@@ -19,7 +19,8 @@ void GpuCompressorOptions::validate() const {
               "GpuCompressorOptions.subspace_product is not a SubspaceProduct value: " << int(subspace_product));
   XKV_REQUIRE(gram_filter == GramFilter::Power || gram_filter == GramFilter::Chebyshev,
               "GpuCompressorOptions.gram_filter is not a GramFilter value: " << int(gram_filter));
-  XKV_REQUIRE(gram_precision == GramPrecision::Fp16 || gram_precision == GramPrecision::Tf32,
+  XKV_REQUIRE(gram_precision == GramPrecision::Fp16 || gram_precision == GramPrecision::Tf32 ||
+                  gram_precision == GramPrecision::Fp16Split,
               "GpuCompressorOptions.gram_precision is not a GramPrecision value: " << int(gram_precision));
   // Two plain rounds and the filtered ones: one Cholesky status word each.
   XKV_REQUIRE(chebyshev_rounds >= 0 && chebyshev_rounds < detail::kMaxPowerIterations,
@@ -187,7 +188,10 @@ Plan make_plan(CompressorState& st, const GpuCompressorOptions& opt, const SvdAr
   if (method == GpuSvdMethod::Subspace && choose_gram(p, opt, st_bytes)) {
     p.chebyshev = opt.gram_filter == GramFilter::Chebyshev;
     p.gram_rounds = p.chebyshev ? opt.chebyshev_rounds + 2 : opt.power_iterations + 1;
-    p.gram_half = opt.gram_precision == GramPrecision::Fp16;
+    p.gram_half = opt.gram_precision == GramPrecision::Fp16 || opt.gram_precision == GramPrecision::Fp16Split;
+    p.gram_split = opt.gram_precision == GramPrecision::Fp16Split;
+    XKV_REQUIRE(!p.gram_split || p.d <= kMaxSplitGramWidth,
+                "GpuCompressorOptions.gram_precision: Fp16Split needs D <= " << kMaxSplitGramWidth << ", got D = " << p.d);
     layout_gram(p, st_bytes, arena);
   } else if (method == GpuSvdMethod::Randomized || method == GpuSvdMethod::Subspace) {
     const std::int64_t d = p.d, r = p.rank;

@@ -1,4 +1,5 @@
-// G (D x D, fp32) to fp16 in place for the Gram rounds' products (GramPrecision::Fp16).
+// G (D x D, fp32) to fp16 in place for the Gram rounds' products (GramPrecision::Fp16 and
+// Fp16Split).
 //
 // Scale: a power of two s that puts G's largest diagonal entry in [2^13, 2^14). For a Gram matrix
 // |G_ij| <= sqrt(G_ii G_jj) <= max G_ii, so every entry lands below 2^14 (fp16 holds up to 65504),
@@ -9,6 +10,13 @@
 // In place: the fp16 matrix takes the first half of G's buffer, so fp16 column j overwrites fp32
 // columns j / 2. Columns [c0, c1) with c1 <= 2 c0 overwrite only fp32 columns below c0, which
 // earlier launches have read; the first block [0, w0) goes through a scratch buffer.
+//
+// Split (Fp16Split): s G = H + L with H = fp16(s G) and L = fp16(s G - H), the remainder (exact
+// in fp32, at most half an fp16 ulp of H, so L keeps 11 more bits: ~22 in all, about fp32's 24).
+// Each fp32 column's 4 D bytes take fp16 column j of H, then fp16 column j of L: the whole buffer
+// is the D x 2D fp16 matrix [H_0 L_0 H_1 L_1 ...] and H, L are D x D fp16 matrices with leading
+// dimension 2 D, starting at element 0 and D. Each column is rewritten by one block, which reads
+// it whole before writing, so no block touches another's bytes.
 #pragma once
 
 #include <cuda_fp16.h>
@@ -72,6 +80,25 @@ static __global__ void to_half_columns_kernel(const float* g, std::int64_t d, st
     }
   } else {
     for (std::int64_t i = first; i < count; i += stride) out[i] = __float2half_rn(src[i] * s);
+  }
+}
+
+/// Column blockIdx.x of G (d x d, fp32, column-major) -> its fp16 pair (H_j, L_j) in the same
+/// bytes (see the top of the file). Dynamic shared memory: d floats. One block per column.
+static __global__ void __launch_bounds__(512) to_half_pairs_kernel(float* g, std::int64_t d,
+                                                                   const float* __restrict__ scale) {
+  extern __shared__ float column[];
+  const float s = *scale;
+  float* src = g + blockIdx.x * d;
+  for (std::int64_t i = threadIdx.x; i < d; i += blockDim.x) column[i] = src[i] * s;
+  __syncthreads();  // the column is read whole before any of its bytes is rewritten
+  auto* hi = reinterpret_cast<__half*>(src);
+  __half* lo = hi + d;
+  for (std::int64_t i = threadIdx.x; i < d; i += blockDim.x) {
+    const float v = column[i];
+    const __half h = __float2half_rn(v);
+    hi[i] = h;
+    lo[i] = __float2half_rn(v - __half2float(h));
   }
 }
 

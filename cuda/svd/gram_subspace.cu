@@ -4,7 +4,8 @@
 //   G = X^T X (D x D, fp32 accumulate)   upper block-rows only: block-row i is X_i^T X[:, i:],
 //                                        (b + 1) / 2b of a full GEMM for b blocks; then mirrored
 //   each round:      Z = G V             fp16 GEMM from a scaled fp16 G (GramPrecision::Fp16, the
-//                                        default) or TF32, 2 D^2 r FLOPs (X^T X V for ~1/n of the cost);
+//                                        default), two from a split one (H V + L V, Fp16Split) or
+//                                        TF32, 2 D^2 r FLOPs each (X^T X V for ~1/n of the cost);
 //                                        GramFilter::Chebyshev, between a plain first and last
 //                                        round: Z = p(G) V, p of degree 2 (two such GEMMs,
 //                                        chebyshev_kernels.cuh)
@@ -104,9 +105,22 @@ struct RoundOperands {
   static constexpr cudaDataType type = std::is_same_v<Basis, float> ? CUDA_R_32F : CUDA_R_16F;
   static constexpr cublasComputeType_t compute =
       std::is_same_v<Basis, float> ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
-  const Basis* gram = nullptr;  ///< D x D, column-major
-  Basis* basis = nullptr;       ///< D x r: V between rounds, the filter's Y within one
+  const Basis* gram = nullptr;     ///< D x D, column-major, leading dimension ld
+  const Basis* gram_lo = nullptr;  ///< GramPrecision::Fp16Split: the remainder L (G ~ gram + gram_lo), same ld
+  std::int64_t ld = 0;
+  Basis* basis = nullptr;          ///< D x r: V between rounds, the filter's Y within one
 };
+
+/// z = G b (beta 0) or z += G b (beta 1), b = op.basis: one GEMM, or two with the split G.
+template <class Basis>
+void multiply_gram(CompressorState& st, const RoundOperands<Basis>& op, std::int64_t d, int r, float beta, float* z) {
+  using Op = RoundOperands<Basis>;
+  gemm(st.blas, CUBLAS_OP_N, CUBLAS_OP_N, d, r, d, op.gram, Op::type, op.ld, op.basis, Op::type, d, beta, z, CUDA_R_32F,
+       d, Op::compute);
+  if (op.gram_lo)
+    gemm(st.blas, CUBLAS_OP_N, CUBLAS_OP_N, d, r, d, op.gram_lo, Op::type, op.ld, op.basis, Op::type, d, 1.0f, z,
+         CUDA_R_32F, d, Op::compute);
+}
 
 /// One round's product into z: G V (the first and last rounds, and GramFilter::Power), else the
 /// degree-2 Chebyshev filter (G^2 - b G + b^2/8) V / trace G (chebyshev_kernels.cuh), which
@@ -114,19 +128,17 @@ struct RoundOperands {
 template <class Basis>
 void round_product(CompressorState& st, const Plan& plan, int round, const RoundOperands<Basis>& op, float* z,
                    double* filter_partials, cudaStream_t stream) {
-  using Op = RoundOperands<Basis>;
   const std::int64_t d = plan.d;
   const int r = plan.rank;
-  gemm(st.blas, CUBLAS_OP_N, CUBLAS_OP_N, d, r, d, op.gram, Op::type, d, op.basis, Op::type, d, 0.0f, z, CUDA_R_32F, d,
-       Op::compute);
+  multiply_gram(st, op, d, r, 0.0f, z);
   const bool filtered = plan.chebyshev && round > 0 && round + 1 < plan.gram_rounds && d > r;
   if (!filtered) return;
-  filter_traces_kernel<Basis><<<kFilterBlocks, 256, 0, stream>>>(op.basis, z, d * r, op.gram, d, filter_partials);
+  filter_traces_kernel<Basis><<<kFilterBlocks, 256, 0, stream>>>(op.basis, z, d * r, op.gram, op.gram_lo, d, op.ld,
+                                                                 filter_partials);
   check_launch();
   filter_operands_kernel<Basis><<<grid_for(d * r), kThreads, 0, stream>>>(z, op.basis, d * r, filter_partials, d, r);
   check_launch();
-  gemm(st.blas, CUBLAS_OP_N, CUBLAS_OP_N, d, r, d, op.gram, Op::type, d, op.basis, Op::type, d, 1.0f, z, CUDA_R_32F, d,
-       Op::compute);
+  multiply_gram(st, op, d, r, 1.0f, z);
 }
 
 /// GramPrecision::Fp16: G (fp32, mirrored) -> scale * G in fp16 in the first half of its own
@@ -152,17 +164,34 @@ void gram_to_half(float* gram, std::int64_t d, float* scale, float* scratch, std
   }
 }
 
+/// GramPrecision::Fp16Split: G (fp32, mirrored) -> the pair (H, L) of scale * G, column by column
+/// in its own bytes (gram_half_kernels.cuh).
+void gram_to_half_pairs(float* gram, std::int64_t d, float* scale, cudaStream_t stream) {
+  half_scale_kernel<<<1, 256, 0, stream>>>(gram, d, scale);
+  check_launch();
+  const std::size_t shared = std::size_t(d) * sizeof(float);
+  if (shared > 48 * 1024)
+    XKV_CUDA_CHECK(cudaFuncSetAttribute(to_half_pairs_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(shared)));
+  to_half_pairs_kernel<<<unsigned(d), 512, shared, stream>>>(gram, d, scale);
+  check_launch();
+}
+
 /// The operands of a job's rounds in plan.gram_half's type (G converted first if fp16).
 template <class Basis>
 RoundOperands<Basis> round_operands(const Plan& plan, const Workspace& ws, cudaStream_t stream) {
   auto* gram = ws.get<float>(plan.off_gram);
   auto* basis = ws.get<float>(plan.off_v32);
   if constexpr (std::is_same_v<Basis, __half>) {
-    gram_to_half(gram, plan.d, ws.get<float>(plan.off_gram_scale), ws.get<float>(plan.off_z), plan.d * plan.rank,
-                 stream);
-    return {reinterpret_cast<const __half*>(gram), reinterpret_cast<__half*>(basis)};
+    auto* half_gram = reinterpret_cast<const __half*>(gram);
+    auto* scale = ws.get<float>(plan.off_gram_scale);
+    if (plan.gram_split) {
+      gram_to_half_pairs(gram, plan.d, scale, stream);
+      return {half_gram, half_gram + plan.d, 2 * plan.d, reinterpret_cast<__half*>(basis)};
+    }
+    gram_to_half(gram, plan.d, scale, ws.get<float>(plan.off_z), plan.d * plan.rank, stream);
+    return {half_gram, nullptr, plan.d, reinterpret_cast<__half*>(basis)};
   } else {
-    return {gram, basis};
+    return {gram, nullptr, plan.d, basis};
   }
 }
 
@@ -308,7 +337,8 @@ void run_gram_subspace_lockstep(std::span<const GramJob<T>> jobs, cudaStream_t f
   for (const GramJob<T>& job : jobs) {
     const Plan& plan = *job.plan;
     XKV_REQUIRE(plan.gram && plan.rank == first.rank && plan.gram_rounds == first.gram_rounds &&
-                    plan.chebyshev == first.chebyshev && plan.gram_half == first.gram_half,
+                    plan.chebyshev == first.chebyshev && plan.gram_half == first.gram_half &&
+                    plan.gram_split == first.gram_split,
                 "run_gram_subspace_lockstep: jobs must all take the Gram product with one rank, filter, round count "
                 "and precision");
   }

@@ -26,6 +26,9 @@ inline constexpr int kNonFiniteInput = -1000;  ///< status word: X held NaN or I
 /// q Cholesky words + Rayleigh-Ritz Cholesky + eigensolver must fit below kNonFiniteSlot.
 inline constexpr int kMaxPowerIterations = kNonFiniteSlot - 2;
 inline constexpr int kFilterBlocks = 256;  ///< partial sums of the Chebyshev filter's traces (fixed: deterministic)
+/// GramPrecision::Fp16Split rewrites each column of G through a block's shared memory (at most
+/// 192 KiB of fp32 on sm_90; more than any group of the models in view needs).
+inline constexpr std::int64_t kMaxSplitGramWidth = 49152;
 inline constexpr int kSumBlocks = 1024;  ///< partial sums per staged chunk (energy): one wave of 256-thread blocks
 
 /// cuBLAS / cuSOLVER handles and host-side buffers; one per Compressor.
@@ -90,6 +93,7 @@ struct Plan {
   bool chebyshev = false;      ///< Gram rounds between the first and the last apply the degree-2 Chebyshev filter
   int gram_rounds = 0;         ///< Gram: rounds, each ending in one CholeskyQR step
   bool gram_half = false;      ///< Gram rounds multiply G and V in fp16 (GramPrecision::Fp16), G converted in place
+  bool gram_split = false;     ///< ... with G as two fp16 matrices H + L (GramPrecision::Fp16Split), two GEMMs per product
   bool y_in_a = false;         ///< sketch subspace: each round's Y = X V is kept in the A output
   bool g_in_a = false;         ///< ... and CholeskyQR's k x k Gram too (at A's first 8-byte boundary)
   bool chol_in_place = false;  ///< ... which is also the Cholesky's working matrix (k a whole number of tiles)

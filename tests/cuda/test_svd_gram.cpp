@@ -225,18 +225,86 @@ TEST(GpuSvdGramPrecision, InputScaleDoesNotMatter) {
   const auto base = upload<T>(x, 3, 1, 85, Layout::TokenMajorPadded);
   const int r = 20;
   const auto s = reference_singular_values(base.stored);
-  const auto reference = run_subspace(base, r, subspace(SubspaceProduct::Gram));
-  ASSERT_TRUE(reference.gram);
-  ASSERT_TRUE(reference.h.a.allFinite() && reference.h.b.allFinite());
-  const double e = err_over_opt(base.stored, reference.h.a, reference.h.b, s, r);
-  EXPECT_LE(e, 1.01);
-  for (const double scale : {std::ldexp(1.0, -50), std::ldexp(1.0, 50)}) {
-    SCOPED_TRACE(::testing::Message() << "scale " << scale);
-    const auto g = upload<T>(x * scale, 3, 1, 85, Layout::TokenMajorPadded);
-    const auto run = run_subspace(g, r, subspace(SubspaceProduct::Gram));
-    ASSERT_TRUE(run.h.a.allFinite() && run.h.b.allFinite());
-    EXPECT_EQ((run.h.b - reference.h.b).norm(), 0.0);
-    EXPECT_EQ((run.h.a - scale * reference.h.a).norm(), 0.0);
+  // The split G (H + L, each column rewritten in its own bytes) takes the same scale.
+  for (const auto precision : {cuda::GramPrecision::Fp16, cuda::GramPrecision::Fp16Split}) {
+    SCOPED_TRACE(precision == cuda::GramPrecision::Fp16 ? "fp16" : "fp16 split");
+    auto opt = subspace(SubspaceProduct::Gram);
+    opt.gram_precision = precision;
+    const auto reference = run_subspace(base, r, opt);
+    ASSERT_TRUE(reference.gram);
+    ASSERT_TRUE(reference.h.a.allFinite() && reference.h.b.allFinite());
+    const double e = err_over_opt(base.stored, reference.h.a, reference.h.b, s, r);
+    EXPECT_LE(e, 1.01);
+    for (const double scale : {std::ldexp(1.0, -50), std::ldexp(1.0, 50)}) {
+      SCOPED_TRACE(::testing::Message() << "scale " << scale);
+      const auto g = upload<T>(x * scale, 3, 1, 85, Layout::TokenMajorPadded);
+      const auto run = run_subspace(g, r, opt);
+      ASSERT_TRUE(run.h.a.allFinite() && run.h.b.allFinite());
+      EXPECT_EQ((run.h.b - reference.h.b).norm(), 0.0);
+      EXPECT_EQ((run.h.a - scale * reference.h.a).norm(), 0.0);
+    }
+  }
+}
+
+// GramPrecision::Fp16Split: G as two fp16 matrices (~22 bits) lifts the Gram product's precision
+// floor, which the default's 11-bit G meets on steep spectra (a = 1.1: 1.0146 on the H200, see
+// DefaultRoundsHoldOnSteeperSpectra). Same rounds, same start: only G's rounding differs. Plain
+// rounds with q = 4 gain too. Deterministic like every other path.
+TEST(GpuSvdGramPrecision, SplitGramLiftsThePrecisionFloor) {
+  XKV_SKIP_WITHOUT_GPU();
+  using T = __nv_bfloat16;
+  for (const double decay : {1.1, 1.3}) {
+    SCOPED_TRACE(::testing::Message() << "s_i ~ i^-" << decay);
+    const auto g = upload<T>(spectrum_matrix(4096, 768, decay, test_seed() + 32), 4, 3, 64, Layout::Interleaved);
+    const int r = 96;
+    const auto s = reference_singular_values(g.stored);
+    GpuCompressorOptions split = subspace(SubspaceProduct::Gram);
+    split.gram_filter = cuda::GramFilter::Chebyshev;
+    split.chebyshev_rounds = 2;
+    split.gram_precision = cuda::GramPrecision::Fp16Split;
+    GpuCompressorOptions plain = split;
+    plain.gram_precision = cuda::GramPrecision::Fp16;
+    GpuCompressorOptions power_split = gram_power(4);
+    power_split.gram_precision = cuda::GramPrecision::Fp16Split;
+    const double e_split = gram_err_over_opt(g, r, s, split), e_plain = gram_err_over_opt(g, r, s, plain);
+    const double e_power_split = gram_err_over_opt(g, r, s, power_split);
+    const double e_power = gram_err_over_opt(g, r, s, gram_power(4));
+    std::printf("[svd gram] s_i ~ i^-%.1f, s_1 / s_r = %.0f: err/opt Chebyshev c = 2 split G %.6f, fp16 G %.6f; "
+                "power q = 4 split G %.6f, fp16 G %.6f\n",
+                decay, s(0) / s(r - 1), e_split, e_plain, e_power_split, e_power);
+    EXPECT_GE(e_split, 1.0 - 1e-6);
+    EXPECT_LE(e_split, decay < 1.2 ? 1.01 : 1.03);
+    EXPECT_LT(e_split - 1.0, 0.7 * (e_plain - 1.0));
+    EXPECT_LT(e_power_split - 1.0, 0.7 * (e_power - 1.0));
+  }
+  const auto g = upload<T>(spectrum_matrix(4096, 768, 1.1, test_seed() + 32), 4, 3, 64, Layout::Interleaved);
+  GpuCompressorOptions split;
+  split.subspace_product = SubspaceProduct::Gram;
+  split.gram_precision = cuda::GramPrecision::Fp16Split;
+  split.seed = test_seed();
+  const auto first = run_subspace(g, 96, split), again = run_subspace(g, 96, split);
+  EXPECT_EQ(first.h.raw, again.h.raw);
+}
+
+// The split G rewrites each column in a block's shared memory: wider groups are refused when
+// planned, with the width named.
+TEST(GpuSvdGramInput, SplitGramRefusesWideGroups) {
+  XKV_SKIP_WITHOUT_GPU();
+  const auto* fake = reinterpret_cast<const __nv_bfloat16*>(std::uintptr_t(1) << 20);
+  const std::vector<KVView<__nv_bfloat16>> layers(64, KVView<__nv_bfloat16>::head_major(fake, 8, 64, 128));
+  cuda::SvdArguments<__nv_bfloat16> args;
+  args.layers = layers;  // D = 64 x 1024 = 65536
+  args.rank = 8;
+  args.a = reinterpret_cast<__nv_bfloat16*>(std::uintptr_t(1) << 20);
+  args.b = args.a;
+  GpuCompressorOptions opt = subspace(SubspaceProduct::Gram);
+  opt.gram_precision = cuda::GramPrecision::Fp16Split;
+  try {
+    (void)cuda::Compressor<__nv_bfloat16>(opt).workspace_bytes(args);
+    ADD_FAILURE() << "no error for a split G of D = 65536";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("Fp16Split"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("65536"), std::string::npos) << e.what();
   }
 }
 

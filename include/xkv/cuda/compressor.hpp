@@ -92,6 +92,15 @@ enum class GramPrecision {
   /// a round scales with G, and CholeskyQR removes the scale, so the factor leaves no trace.
   Fp16,
   Tf32,  ///< G and V in fp32, multiplied on the TF32 tensor cores
+  /// The scaled G as the sum of two fp16 matrices, G ~ H + L with L = fp16(G - H): ~22 significant
+  /// bits of G, about fp32's, in the same bytes as the fp32 G (converted in place, no extra
+  /// memory); every G V product is two fp16 GEMMs (H V + L V), V still in fp16. The rounds' 11-bit
+  /// G is what limits the Gram product on steep spectra (SubspaceProduct::Gram); this lifts that
+  /// floor for twice the products' time. On an H200 (n = 32768, D = 4096, r = 512, s_i ~ i^-1.0)
+  /// err/opt 1.020 with the default rounds and 1.011 with plain rounds (q = 4) instead of 1.27,
+  /// in 3.14 ms instead of 2.97 (docs/PERFORMANCE.md). Needs D <= 49152 (one column of G in a
+  /// block's shared memory while it is rewritten).
+  Fp16Split,
 };
 
 /// Eigensolver of the small Rayleigh-Ritz problem of the randomized method.

@@ -10,7 +10,7 @@
 // small-side steps (CholeskyQR: latency-bound) then overlap the other jobs' GEMMs: on an H200 the
 // 16 factorisations of a 32k-token Llama-3.1-8B prefill took 44 ms on 8 lanes against 64.7 ms one
 // after another, 41-42 ms in lockstep (below), when these figures were taken; the current ones are
-// in docs/PERFORMANCE.md (40.0 ms in lockstep from a graph, 2026-11-30). The outputs are bit-identical to
+// in docs/PERFORMANCE.md (37.1-38.1 ms in lockstep from a graph, 2026-11-30). The outputs are bit-identical to
 // running each job alone with the same options. workspace_bytes(jobs) says up front what a run
 // allocates. Once a run has sized the workspaces, run() with the same (or smaller) jobs enqueues
 // stream work only, so it can be captured into a CUDA graph (thread-local or relaxed capture
@@ -41,7 +41,8 @@ class ConcurrentCompressor {
   /// batched Cholesky launch for the batch (one chain of grid barriers per round instead of one
   /// per job), joined to and forked from the jobs' lanes by events. Such jobs get a workspace each
   /// (they run at the same time, so a lane cannot share one): on an H200 the 16 factorisations
-  /// above take 40.3 ms with 1.59 GiB against 41.8 ms with 0.80 GiB without lockstep (8 lanes). Results are
+  /// above took 40.3 ms with 1.59 GiB against 41.8 ms with 0.80 GiB without lockstep (8 lanes, with
+  /// the options of 2026-11-29; docs/PERFORMANCE.md has the current figures). Results are
   /// the bytes of separate runs either way.
   explicit ConcurrentCompressor(GpuCompressorOptions options = {}, int lanes = kDefaultLanes, bool lockstep = false);
   ~ConcurrentCompressor();
