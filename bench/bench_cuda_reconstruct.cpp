@@ -14,6 +14,7 @@
 #include "xkv/cuda/check.hpp"
 #include "xkv/cuda/device.hpp"
 #include "xkv/cuda/reconstruct.hpp"
+#include "xkv/rope.hpp"
 
 namespace {
 
@@ -25,6 +26,7 @@ struct Shape {
   int r, heads, d;
   bool bf16, rope;
   xkv::cuda::KernelPath kernel = xkv::cuda::KernelPath::Auto;
+  bool table = false;  ///< RoPE cos/sin read from a caller's table of n positions instead of computed
 };
 
 /// Device inputs of one shape, filled with random (non-zero) values; cached across benchmarks.
@@ -32,8 +34,19 @@ struct Inputs {
   DeviceBuffer<std::uint16_t> a, b, bt, out;
   DeviceBuffer<std::int64_t> idx;
   DeviceBuffer<unsigned char> flush;
+  DeviceBuffer<float> cos_table, sin_table;  ///< n positions x d / 2 pairs, filled on first use
   std::int64_t lda = 0, rows = 0;
 };
+
+/// The caller's cos/sin table (xkv::RopeTable) for every position of A, built once.
+void ensure_table(Inputs& in, const Shape& s) {
+  if (in.cos_table.size() == std::size_t(s.n) * std::size_t(s.d / 2)) return;
+  const auto table = xkv::RopeTable::build(xkv::RopeConfig{}, s.d, s.n);
+  in.cos_table = DeviceBuffer<float>(table.cos.size());
+  in.sin_table = DeviceBuffer<float>(table.sin.size());
+  XKV_CUDA_CHECK(cudaMemcpy(in.cos_table.get(), table.cos.data(), table.cos.size() * 4, cudaMemcpyHostToDevice));
+  XKV_CUDA_CHECK(cudaMemcpy(in.sin_table.get(), table.sin.data(), table.sin.size() * 4, cudaMemcpyHostToDevice));
+}
 
 void fill_random(DeviceBuffer<std::uint16_t>& buf, float scale, std::uint64_t seed) {
   std::vector<std::uint16_t> host(buf.size());
@@ -121,6 +134,12 @@ void BM_Reconstruct(benchmark::State& state, Shape s) {
   p.tokens = in.rows;
   p.token_indices = s.gather > 0 ? in.idx.get() : nullptr;
   if (s.rope) p.rope = xkv::RopeConfig{};
+  if (s.table) {
+    ensure_table(in, s);
+    p.cos_table = in.cos_table.get();
+    p.sin_table = in.sin_table.get();
+    p.table_positions = s.n;
+  }
   p.out = xkv::cuda::OutputSpec::token_major(in.out.get(), in.rows, s.heads, s.d);
   const xkv::cuda::Reconstruct op(p);
   state.SetLabel(op.selected_kernel() == xkv::cuda::KernelPath::Wgmma ? "wgmma" : "mma.sync");
@@ -229,7 +248,7 @@ void register_all() {
     return std::string(what) + "/n:" + std::to_string(s.n) + (s.gather ? "/gather:" + std::to_string(s.gather) : "") +
            "/r:" + std::to_string(s.r) + "/H:" + std::to_string(s.heads) + "/d:" + std::to_string(s.d) +
            (s.bf16 ? "/bf16" : "/fp16") + (s.rope ? "/rope" : "/norope") +
-           (s.kernel == xkv::cuda::KernelPath::MmaSync ? "/mma.sync" : "");
+           (s.kernel == xkv::cuda::KernelPath::MmaSync ? "/mma.sync" : "") + (s.table ? "/table" : "");
   };
   for (const Shape& s : dense) {
     benchmark::RegisterBenchmark(name("xkv", s).c_str(), BM_Reconstruct, s)
@@ -247,6 +266,12 @@ void register_all() {
         benchmark::RegisterBenchmark(name("cublas_contiguous_slice", s).c_str(), BM_CublasGemm, s)
             ->UseManualTime()->Unit(benchmark::kMicrosecond)->Iterations(30)->Repetitions(3)->ReportAggregatesOnly(true);
     }
+  for (std::int64_t g : {256, 2048}) {  // RoPE from a caller's table (an engine's cos/sin cache)
+    Shape s{131072, g, 512, 8, 128, true, true};
+    s.table = true;
+    benchmark::RegisterBenchmark(name("xkv", s).c_str(), BM_Reconstruct, s)
+        ->UseManualTime()->Unit(benchmark::kMicrosecond)->Iterations(30)->Repetitions(3)->ReportAggregatesOnly(true);
+  }
   benchmark::RegisterBenchmark("xkv/n:131072/gather:2048/r:512/H:8/d:128/bf16/rope/per_layer_of_32_back_to_back",
                                BM_GatheredDecodeSequence)
       ->UseManualTime()->Unit(benchmark::kMicrosecond)->Iterations(20)->Repetitions(3)->ReportAggregatesOnly(true);
