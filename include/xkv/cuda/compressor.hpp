@@ -35,7 +35,8 @@ enum class GpuSvdMethod {
   Exact,       ///< cusolverDnXsyevd on S (deterministic mode): the accuracy reference
   Randomized,  ///< subspace iteration on S with CholeskyQR, then a (r+p)^2 Rayleigh-Ritz problem
   /// Subspace iteration at rank r itself (no oversampling, no Rayleigh-Ritz problem):
-  /// X ~= (X V) V^T with V from q + 1 CholeskyQR steps. Needs about one more power iteration than
+  /// X ~= (X V) V^T with V from q + 1 CholeskyQR steps over the sketches, or from the Gram
+  /// matrix's rounds (GramFilter). Needs about one more power iteration than
   /// Randomized for the same error, but no eigensolver. It computes no singular values: a run
   /// that asks for them uses Randomized instead (see Compressor::method_for).
   Subspace,
