@@ -83,10 +83,10 @@ enum class GramFilter {
   Chebyshev,
 };
 
-/// The type G and the basis enter each G V product of the Gram rounds in. Both keep 11
-/// significant bits (TF32 rounds its fp32 operands to that many), so the rounds' error is the same;
-/// fp16 runs the tensor cores at twice the TF32 rate, reads half the bytes, and its range is what
-/// the scaling below is for.
+/// The type G and the basis enter each G V product of the Gram rounds in. Fp16 and Tf32 both keep
+/// 11 significant bits (TF32 rounds its fp32 operands to that many), so the rounds' error is the
+/// same; fp16 runs the tensor cores at twice the TF32 rate, reads half the bytes, and its range is
+/// what the scaling below is for. Fp16Split keeps ~22 bits of G for a second product.
 enum class GramPrecision {
   /// G times a power of two that puts its largest diagonal entry (for a Gram matrix, >= every entry)
   /// in [2^13, 2^14), rounded to fp16 once, in place (no extra memory); V in fp16. Every quantity of
