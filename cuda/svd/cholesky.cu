@@ -1,9 +1,13 @@
-// Launcher of the one-launch Cholesky + inverse (cholesky_kernels.cuh).
+// Launcher of the one-launch Cholesky + inverse: 64-wide tiles (cholesky_wide_kernels.cuh) where
+// the padded side is a whole number of them and the device has the shared memory, else 32-wide
+// (cholesky_kernels.cuh).
 #include "cholesky.hpp"
 
 #include <algorithm>
+#include <cstdint>
 
 #include "cholesky_kernels.cuh"
+#include "cholesky_wide_kernels.cuh"
 #include "xkv/cuda/check.hpp"
 #include "xkv/error.hpp"
 
@@ -62,26 +66,37 @@ void cholesky_inverse_batched(std::span<const CholeskyTask> tasks, int k, cudaSt
     CholeskyParams& p = batch.m[i];
     p.gram = t.gram;
     p.k = k;
-    p.tiles = t.ws.padded / kCholTile;
     p.w = t.ws.w;
     p.work = t.ws.work;
     p.info = t.info;
   }
   // Every CTA must be resident at once (grid-wide barriers); more than the widest step's tile
   // count would only wait at the barriers.
-  int device = 0, sms = 0, per_sm = 0;
+  int device = 0, sms = 0, shared_optin = 0;
   XKV_CUDA_CHECK(cudaGetDevice(&device));
   XKV_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-  XKV_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, cholesky_inverse_kernel, kCholThreads, 0));
+  XKV_CUDA_CHECK(cudaDeviceGetAttribute(&shared_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+  const int padded = tasks[0].ws.padded;
+  bool wide = padded % kCholWideTile == 0 && std::size_t(shared_optin) >= cholw::kSharedBytes + 1024;
+  for (const CholeskyTask& t : tasks)  // cp.async moves 16-byte pieces
+    wide = wide && reinterpret_cast<std::uintptr_t>(t.ws.w) % 16 == 0 &&
+           reinterpret_cast<std::uintptr_t>(t.ws.work) % 16 == 0;
+  const void* kernel = wide ? reinterpret_cast<const void*>(&cholesky_inverse_wide_kernel)
+                            : reinterpret_cast<const void*>(&cholesky_inverse_kernel);
+  const std::size_t shared_bytes = wide ? cholw::kSharedBytes : 0;
+  if (wide)
+    XKV_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(shared_bytes)));
+  int per_sm = 0;
+  XKV_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kCholThreads, shared_bytes));
   XKV_CHECK(per_sm >= 1, Device, "cholesky_inverse: the kernel cannot be resident on this device");
-  const int tiles = batch.m[0].tiles;
+  const int tiles = padded / (wide ? kCholWideTile : kCholTile);
+  for (int i = 0; i < batch.count; ++i) batch.m[i].tiles = tiles;
   const int widest = std::max(tiles * (tiles - 1) / 2, tiles) * batch.count;
   int grid = std::clamp(widest, 1, sms * per_sm);
   // max_ctas caps the CTAs per matrix (GpuCompressorOptions::cholesky_ctas).
   if (tasks[0].ws.max_ctas > 0) grid = std::min(grid, tasks[0].ws.max_ctas * batch.count);
   void* args[] = {&batch};
-  XKV_CUDA_CHECK(cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(&cholesky_inverse_kernel), dim3(grid),
-                                             dim3(kCholThreads), args, 0, stream));
+  XKV_CUDA_CHECK(cudaLaunchCooperativeKernel(kernel, dim3(grid), dim3(kCholThreads), args, shared_bytes, stream));
 }
 
 }  // namespace xkv::cuda::detail

@@ -8,7 +8,7 @@
 // One grid barrier per tile column j: each CTA takes trailing tiles (i, m), j < m <= i, forms the
 // panel tiles it needs itself (L_ij = A_ij L_jj^{-T}, recomputed rather than shared: cheaper than
 // a barrier), updates A_im -= L_ij L_mj^T, and CTA 0, whose first tile is (j+1, j+1), factors and
-// inverts that diagonal tile at once in one warp (registers and shuffles), ready for step j + 1.
+// inverts that diagonal tile at once (all its threads, factor_tile_in_block), ready for step j + 1.
 // Then L^{-1} by recursive doubling of 2 x 2 block inverses
 //   [A 0; B C]^{-1} = [A^{-1} 0; -C^{-1} (B A^{-1}) C^{-1}]   (two GEMM barriers per level).
 // The tile order is fixed, so the result is bit-identical run to run.
@@ -18,6 +18,8 @@
 // Batches: up to kCholMaxBatch matrices of one size share the launch and its barriers (each step's
 // work items interleaved over the matrices, the diagonal tiles first), so groups factored in
 // lockstep pay the chain of barriers once; every tile is computed as in a launch of its own.
+// cholesky_wide_kernels.cuh runs the same algorithm on 64 x 64 tiles, which cholesky.cu prefers
+// where the padded side allows it.
 #pragma once
 
 #include <cooperative_groups.h>
@@ -33,7 +35,7 @@ inline constexpr int kCholThreads = 256;
 struct CholeskyParams {
   const double* gram = nullptr;  ///< k x k column-major (ld k); only the upper triangle is read
   int k = 0;
-  int tiles = 0;         ///< padded side / kCholTile
+  int tiles = 0;         ///< padded side / the kernel's tile side (kCholTile or kCholWideTile)
   double* w = nullptr;     ///< padded x padded, column-major: L^{-1} (upper part zero)
   /// padded x padded, column-major. Its lower tiles hold the trailing matrix, then the B A^{-1}
   /// products of the inverse; its upper triangle with the diagonal tiles receives R = L^T, tile by
@@ -146,64 +148,79 @@ struct Accumulator {
   }
 };
 
-/// Warp 0 only: d <- its Cholesky factor (lower, upper part zeroed), inv <- the factor's inverse.
-/// Lane i holds row i of the tile in registers; column entries move by shuffles, so the 32 steps
-/// need no block barriers. The chain is latency-bound: fp64 sqrt and division are long
+/// All threads of the CTA: d <- its Cholesky factor (lower, upper part zeroed), inv <- the
+/// factor's inverse. Right-looking, one block barrier per pivot: thread (lane, warp w) keeps the
+/// entries (lane, w + 8 u) of the trailing matrix in registers, and step c subtracts
+/// L_ic L_mc = (a_ic s)(a_mc s), s = 1 / sqrt(a_cc), from those with c < m <= lane, reading
+/// column c from shared memory; the owners of column c + 1 write it back for the next step. Column
+/// c itself is scaled only at the end (nothing reads it after step c). Until 2026-11-30 one warp
+/// did all of it, a row per lane, with the column broadcast by shuffles: ~40k cycles per tile, the
+/// critical path of both kernels (a dependent shuffle / rsqrt / fma chain a warp cannot hide).
+/// The same fma with the same operands, so the same bits. fp64 sqrt and division are long
 /// instruction sequences, so each pivot costs one rsqrt and everything else multiplies by it.
 /// `first_index` is the tile's first row in the matrix (for *info); `pivot_inverse` is shared
-/// scratch for the 32 values 1 / L_cc.
-__device__ __forceinline__ void factor_tile_in_warp(Tile& d, Tile& inv, double* pivot_inverse, int first_index,
-                                                    const CholeskyParams& p) {
-  const unsigned all = 0xffffffffu;
-  const int lane = threadIdx.x;
-  double row[kCholTile];
+/// scratch for the 32 values 1 / L_cc. `d(r, c)` and `inv(r, c)` give references to the entries of
+/// the 32 x 32 tiles in shared memory (any layout: the wide-tile kernel factors quarters of its
+/// 64 x 64 tiles with this). Starts and ends with a block barrier.
+template <class FactorTile, class InverseTile>
+__device__ __forceinline__ void factor_tile_in_block(FactorTile d, InverseTile inv, double* pivot_inverse,
+                                                     int first_index, const CholeskyParams& p) {
+  static_assert(kCholThreads % kCholTile == 0 && kCholTile % (kCholThreads / kCholTile) == 0, "whole columns per warp");
+  constexpr int kWarps = kCholThreads / kCholTile, kColumns = kCholTile / kWarps;
+  const int lane = int(threadIdx.x % kCholTile), warp = int(threadIdx.x / kCholTile);
+  __syncthreads();
+  double entry[kColumns];  // (lane, warp + kWarps u), unscaled
 #pragma unroll
-  for (int m = 0; m < kCholTile; ++m) row[m] = d[lane][m];
-  double next_pivot = __shfl_sync(all, row[0], 0);
-#pragma unroll
+  for (int u = 0; u < kColumns; ++u) entry[u] = d(lane, warp + kWarps * u);
+#pragma unroll 1
   for (int c = 0; c < kCholTile; ++c) {
-    double pivot = next_pivot;
+    __syncthreads();  // column c is final in d
+    double pivot = d(c, c);
     if (!(pivot > 0)) {  // also NaN: flag it, carry on with 1 so every CTA still reaches each barrier
-      if (lane == 0 && first_index + c < p.k) atomicCAS(p.info, 0, first_index + c + 1);
+      if (threadIdx.x == 0 && first_index + c < p.k) atomicCAS(p.info, 0, first_index + c + 1);
       pivot = 1;
     }
-    const double scale = rsqrt(pivot);                     // 1 / L_cc
-    row[c] = lane == c ? pivot * scale : row[c] * scale;  // L_cc = pivot / sqrt(pivot); rows above: unused
-    if (lane == 0) pivot_inverse[c] = scale;
-    if (c + 1 < kCholTile) {
-      // The next pivot is lane c+1's diagonal after this column's update, which takes only that
-      // lane's own L_{c+1,c}: formed here from registers (the same fma as in the loop below, so the
-      // same bits), its broadcast does not wait behind the column's shuffles. The chain from one
-      // pivot to the next is shuffle, rsqrt, scale, fma.
-      const double diagonal_next = fma(-row[c], row[c], row[c + 1]);  // meaningful in lane c + 1
-      next_pivot = __shfl_sync(all, diagonal_next, c + 1);
-    }
+    const double scale = rsqrt(pivot);  // 1 / L_cc
+    if (threadIdx.x == 0) pivot_inverse[c] = scale;
+    const double l_ic = d(lane, c) * scale;
 #pragma unroll
-    for (int m = c + 1; m < kCholTile; ++m) {
-      const double l_mc = __shfl_sync(all, row[c], m);
-      if (lane >= m) row[m] = fma(-row[c], l_mc, row[m]);
+    for (int u = 0; u < kColumns; ++u) {
+      const int m = warp + kWarps * u;
+      if (m > c && m <= lane) {
+        entry[u] = fma(-l_ic, d(m, c) * scale, entry[u]);
+        if (m == c + 1) d(lane, m) = entry[u];  // column c + 1, read by the next step only
+      }
     }
   }
+  __syncthreads();  // the last column's readers are done
 #pragma unroll
-  for (int m = 0; m < kCholTile; ++m) d[lane][m] = m > lane ? 0.0 : row[m];
-  __syncwarp();
-  // Column `lane` of the inverse by forward substitution, reading L back from shared memory (one
-  // broadcast per entry; the row registers are dead by now). Two partial sums halve the
-  // dependent FMA chain.
-  double x[kCholTile];
-#pragma unroll
-  for (int r = 0; r < kCholTile; ++r) {
-    double s0 = r == lane ? 1.0 : 0.0, s1 = 0.0;
-#pragma unroll
-    for (int m = 0; m < r; ++m) {
-      const double l_rm = d[r][m];
-      if (m % 2 == 0) s0 = fma(-l_rm, x[m], s0);
-      else s1 = fma(-l_rm, x[m], s1);
-    }
-    x[r] = (s0 + s1) * pivot_inverse[r];
+  for (int u = 0; u < kColumns; ++u) {
+    const int m = warp + kWarps * u;
+    double l = 0.0;
+    if (m == lane) l = entry[u] > 0 ? entry[u] * pivot_inverse[m] : 1.0;  // L_mm = a_mm / sqrt(a_mm)
+    else if (m < lane) l = entry[u] * pivot_inverse[m];
+    d(lane, m) = l;
   }
+  __syncthreads();
+  if (threadIdx.x < kCholTile) {
+    // Warp 0: column `lane` of the inverse by forward substitution, reading L back from shared
+    // memory (one broadcast per entry). Two partial sums halve the dependent FMA chain.
+    double x[kCholTile];
 #pragma unroll
-  for (int r = 0; r < kCholTile; ++r) inv[r][lane] = r < lane ? 0.0 : x[r];
+    for (int r = 0; r < kCholTile; ++r) {
+      double s0 = r == lane ? 1.0 : 0.0, s1 = 0.0;
+#pragma unroll
+      for (int m = 0; m < r; ++m) {
+        const double l_rm = d(r, m);
+        if (m % 2 == 0) s0 = fma(-l_rm, x[m], s0);
+        else s1 = fma(-l_rm, x[m], s1);
+      }
+      x[r] = (s0 + s1) * pivot_inverse[r];
+    }
+#pragma unroll
+    for (int r = 0; r < kCholTile; ++r) inv(r, lane) = r < lane ? 0.0 : x[r];
+  }
+  __syncthreads();
 }
 
 /// Row index i and column index m (m <= i) of the t-th tile of a lower triangle, row by row.
@@ -218,9 +235,8 @@ __device__ __forceinline__ void lower_tile(int t, int& i, int& m) {
 /// (into work, whose tile (j, j) nothing reads any more) and L_jj^{-1}.
 __device__ __forceinline__ void factor_and_store(const CholeskyParams& p, int j, Tile& d, Tile& inv) {
   __shared__ double pivot_inverse[kCholTile];
-  __syncthreads();
-  if (threadIdx.x < kCholTile) factor_tile_in_warp(d, inv, pivot_inverse, j * kCholTile, p);
-  __syncthreads();
+  factor_tile_in_block([&](int r, int c) -> double& { return d[r][c]; },
+                       [&](int r, int c) -> double& { return inv[r][c]; }, pivot_inverse, j * kCholTile, p);
   const int ld = p.tiles * kCholTile;
   store(d, p.work, ld, j, j, /*transposed=*/true);
   store(inv, p.w, ld, j, j);
@@ -228,8 +244,9 @@ __device__ __forceinline__ void factor_and_store(const CholeskyParams& p, int j,
 
 }  // namespace chol
 
-// One CTA per SM (176 registers): capping at 128 for two CTAs per SM spills and was slower,
-// 0.354 / 0.606 ms against 0.280 / 0.431 ms at k = 512 / 768, and 41.7 against 40.7 ms whole model.
+// One CTA per SM (176 registers before the block-wide tile factor, 238 since): capping at 128 for
+// two CTAs per SM spilled and was slower, 0.354 / 0.606 ms against 0.280 / 0.431 ms at k = 512 /
+// 768, and 41.7 against 40.7 ms whole model.
 __global__ void __launch_bounds__(kCholThreads) cholesky_inverse_kernel(const __grid_constant__ CholeskyBatch batch) {
   namespace cg = cooperative_groups;
   cg::grid_group grid = cg::this_grid();

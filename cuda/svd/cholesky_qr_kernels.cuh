@@ -24,6 +24,7 @@
 
 #include <cstdint>
 
+#include "dmma.cuh"
 #include "svd_kernels.cuh"  // from_f64
 
 namespace xkv::cuda::detail {
@@ -44,31 +45,6 @@ inline constexpr std::size_t kStageDoubles = 2 * std::size_t(kTile) * kKMajorLd;
 constexpr std::size_t shared_bytes(int stages) { return std::size_t(stages) * kStageDoubles * sizeof(double); }
 static_assert(2 * std::size_t(kChunk) * kMMajorLd <= kStageDoubles, "apply tiles fit");
 static_assert(std::size_t(kTile) * kReduceLd * sizeof(double) <= shared_bytes(1), "reduction fits");
-
-/// D += A B on the fp64 tensor cores, m16n8k8 (sm_90; the m8n8k4 shape took ~1.4x longer). Per
-/// thread (g = lane / 4, t = lane % 4): a = A(g, t), A(g + 8, t), A(g, t + 4), A(g + 8, t + 4);
-/// b = B(t, g), B(t + 4, g); c = C(g, 2t), C(g, 2t + 1), C(g + 8, 2t), C(g + 8, 2t + 1).
-__device__ __forceinline__ void dmma(double (&c)[4], const double (&a)[4], const double (&b)[2]) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
-  // sm_80/sm_86/sm_89 have only m8n8k4, whose fragments are the quarters of these: rows g and
-  // g + 8 by k halves t and t + 4.
-  auto m8n8k4 = [](double& c0, double& c1, double a0, double b0) {
-    asm volatile("mma.sync.aligned.m8n8k4.row.col.f64.f64.f64.f64 {%0, %1}, {%2}, {%3}, {%0, %1};"
-                 : "+d"(c0), "+d"(c1)
-                 : "d"(a0), "d"(b0));
-  };
-  m8n8k4(c[0], c[1], a[0], b[0]);
-  m8n8k4(c[0], c[1], a[2], b[1]);
-  m8n8k4(c[2], c[3], a[1], b[0]);
-  m8n8k4(c[2], c[3], a[3], b[1]);
-#else
-  asm volatile(
-      "mma.sync.aligned.m16n8k8.row.col.f64.f64.f64.f64 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-      "{%0, %1, %2, %3};"
-      : "+d"(c[0]), "+d"(c[1]), "+d"(c[2]), "+d"(c[3])
-      : "d"(a[0]), "d"(a[1]), "d"(a[2]), "d"(a[3]), "d"(b[0]), "d"(b[1]));
-#endif
-}
 
 /// One warp's 32 x 32 quadrant of the CTA's 64 x 64 tile: 2 x 4 blocks of 16 x 8, four entries
 /// per thread each; entry (mi, ni, v) is at tile row row(mi, v), column col(ni, v).
@@ -111,7 +87,7 @@ struct Quadrant {
 #pragma unroll
       for (int mi = 0; mi < 2; ++mi)
 #pragma unroll
-        for (int ni = 0; ni < 4; ++ni) dmma(c[mi][ni], a[mi], b[ni]);
+        for (int ni = 0; ni < 4; ++ni) dmma_m16n8k8(c[mi][ni], a[mi], b[ni]);
     }
   }
 

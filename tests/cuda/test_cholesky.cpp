@@ -1,6 +1,8 @@
 // The one-launch Cholesky + inverse behind the GPU CholeskyQR steps (cuda/svd/cholesky.hpp):
 // backward error of L L^T, accuracy of L^{-1}, padding to whole tiles, only the upper triangle
-// read, and failed pivots reported. Skips without a CUDA device.
+// read, and failed pivots reported. Skips without a CUDA device. Sizes whose padded side (k
+// rounded up to 32) is a multiple of 64 run the 64-wide-tile kernel (33, 64, 100, 128, 320, 512,
+// 576, 768), the others the 32-wide one (1, 2, 31, 32, 70, 257).
 #include <gtest/gtest.h>
 
 #include <Eigen/Dense>
@@ -78,7 +80,7 @@ Eigen::MatrixXd spd_matrix(int k, double condition, std::uint64_t seed) {
 
 TEST(GpuCholesky, FactorAndInverseAtAwkwardSizes) {
   XKV_SKIP_WITHOUT_GPU();
-  for (const int k : {1, 2, 31, 32, 33, 100, 257, 576}) {
+  for (const int k : {1, 2, 31, 32, 33, 64, 100, 257, 320, 576, 768}) {
     SCOPED_TRACE(::testing::Message() << "k=" << k << " seed=" << test_seed());
     const double condition = 1e6;
     const Eigen::MatrixXd g = spd_matrix(k, condition, test_seed() + std::uint64_t(k));
@@ -141,7 +143,7 @@ TEST(GpuCholesky, CappedGridGivesTheSameFactors) {
 // its own matrix only.
 TEST(GpuCholesky, BatchedLaunchGivesEachMatrixItsOwnFactors) {
   XKV_SKIP_WITHOUT_GPU();
-  for (const int k : {33, 257}) {
+  for (const int k : {33, 257, 320}) {
     SCOPED_TRACE(::testing::Message() << "k=" << k << " seed=" << test_seed());
     const int count = 5;
     std::vector<Eigen::MatrixXd> grams;
@@ -189,6 +191,18 @@ TEST(GpuCholesky, PivotFailuresAreReported) {
   EXPECT_GT(f.info, 0);
   EXPECT_LE(f.info, 41);
   g = spd_matrix(70, 10.0, test_seed() + 2);
+  g(5, 9) = g(9, 5) = std::numeric_limits<double>::quiet_NaN();
+  f = factor_on_device(g);
+  EXPECT_GT(f.info, 0) << "NaN must be reported as a failed pivot";
+  EXPECT_LE(f.info, 10);
+  // The wide tiles factor a diagonal tile in two halves: a failure in the second half of the
+  // second tile, and a NaN in the first.
+  g = spd_matrix(128, 10.0, test_seed() + 3);
+  g(100, 100) = -1.0;
+  f = factor_on_device(g);
+  EXPECT_GT(f.info, 0);
+  EXPECT_LE(f.info, 101);
+  g = spd_matrix(128, 10.0, test_seed() + 4);
   g(5, 9) = g(9, 5) = std::numeric_limits<double>::quiet_NaN();
   f = factor_on_device(g);
   EXPECT_GT(f.info, 0) << "NaN must be reported as a failed pivot";

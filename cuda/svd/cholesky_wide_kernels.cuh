@@ -1,0 +1,403 @@
+// The one-launch Cholesky factor and inverse of cholesky_kernels.cuh on 64 x 64 tiles, for
+// matrices whose padded side is a whole number of them (k = 512 and 768 in the compressor's
+// lockstep batches). Same algorithm, same outputs, same batching; what changes is the grain:
+//
+//   - half as many factorisation steps (grid barriers) and inverse levels, and an eighth of the
+//     work items, each with eight times the arithmetic: the 32-wide kernel's items were latency-
+//     bound (~3-6 us for 3 x 32^3 multiply-adds), and its many barrier-separated steps made a
+//     batch of eight 768^2 matrices take 1.15 ms;
+//   - the tiles come into shared memory by cp.async (no register staging), the inverse's
+//     k-loops double-buffered, and the products use DMMA m16n8k8 (dmma.cuh);
+//   - a diagonal tile is factored by the CTA in two 32-wide halves: the top-left quarter
+//     (factor_tile_in_block), then L21 = C21 L11^{-T} and C22 -= L21 L21^T, the bottom-right
+//     quarter, and L^{-1} completed with -L22^{-1} (L21 L11^{-1}).
+// Measured on an H200 (xkv_svd_cli --micro, 2026-11-30): 8 matrices of 768^2 in one launch
+// (16 CTAs each) 0.60 ms against 1.12 ms for the 32-wide kernel, 8 of 512^2 0.33 against 0.47;
+// one matrix alone about the same (0.29 / 0.44 ms at k = 512 / 768).
+//
+// Shared tiles are stored column by column with a padded leading dimension: entry (r, c) of a
+// tile at s[c * kLd + r], so that a 512-byte matrix column is one cp.async row. With kLd = 68 the
+// DMMA fragment reads hit distinct bank pairs whether a tile is read as itself or transposed
+// (offsets 68 k + x and 68 x + k are 4 k + x and 4 x + k mod 16, as in cholesky_qr_kernels.cuh).
+// Needs 4 tiles of shared memory (139 KB: sm_80 and sm_90; cholesky.cu falls back to the 32-wide
+// kernel elsewhere) and 16-byte aligned w and work.
+#pragma once
+
+#include <cooperative_groups.h>
+#include <cuda_runtime.h>
+
+#include <cstddef>
+
+#include "cholesky_kernels.cuh"
+#include "dmma.cuh"
+
+namespace xkv::cuda::detail {
+
+inline constexpr int kCholWideTile = 64;
+
+namespace cholw {
+
+constexpr int kT = kCholWideTile;
+constexpr int kLd = kT + 4;
+constexpr int kTileDoubles = kT * kLd;
+constexpr int kThreads = kCholThreads;
+constexpr int kHalf = kT / 2;
+/// Dynamic shared memory of a launch: four tiles.
+constexpr std::size_t kSharedBytes = 4 * std::size_t(kTileDoubles) * sizeof(double);
+/// The four tiles. Named here rather than passed as pointers so that the diagonal factorisation,
+/// a call of its own, still addresses them as shared memory.
+extern __shared__ __align__(16) double tiles[];
+/// The diagonal factorisation works in the last two tiles.
+constexpr int kFactorTile = 3, kFactorInverseTile = 2;
+
+/// Issues the copy of matrix tile (row_tile, col_tile) (column-major, leading dimension ld) into
+/// the shared tile s, 16 bytes per cp.async, bypassing L1.
+__device__ __forceinline__ void copy_tile_async(double* s, const double* m, int ld, int row_tile, int col_tile) {
+  const double* src = m + std::size_t(row_tile) * kT + std::size_t(col_tile) * kT * std::size_t(ld);
+  static_assert(kT * kT / 2 % kThreads == 0, "whole 16-byte copies per thread");
+#pragma unroll
+  for (int u = 0; u < kT * kT / 2 / kThreads; ++u) {
+    const int q = int(threadIdx.x) + u * kThreads, c = q / (kT / 2), r = 2 * (q % (kT / 2));
+    const unsigned dst = unsigned(__cvta_generic_to_shared(s + c * kLd + r));
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(dst), "l"(src + r + std::size_t(c) * ld));
+  }
+}
+__device__ __forceinline__ void commit_copies() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+/// Waits until at most `Pending` of this thread's committed copy groups are still in flight.
+template <int Pending>
+__device__ __forceinline__ void wait_copies() {
+  asm volatile("cp.async.wait_group %0;" ::"n"(Pending) : "memory");
+}
+
+/// Writes shared tile s to matrix tile (row_tile, col_tile), or its transpose.
+__device__ __forceinline__ void store_tile(const double* s, double* m, int ld, int row_tile, int col_tile,
+                                           bool transposed) {
+  double* dst = m + std::size_t(row_tile) * kT + std::size_t(col_tile) * kT * std::size_t(ld);
+  for (int e = int(threadIdx.x); e < kT * kT; e += kThreads) {
+    const int r = e % kT, c = e / kT;
+    dst[r + std::size_t(c) * ld] = transposed ? s[r * kLd + c] : s[c * kLd + r];
+  }
+}
+
+/// How a product operand is read from a shared tile: as the tile (entry (x, k) at s[k * kLd + x])
+/// or as its transpose (s[x * kLd + k]).
+enum class Read { Tile, Transposed };
+template <Read How>
+__device__ __forceinline__ double operand(const double* s, int x, int k) {
+  if constexpr (How == Read::Tile) return s[k * kLd + x];
+  else return s[x * kLd + k];
+}
+
+/// One warp's MI x NI blocks of 16 x 8 of C += P Q^T (P: rows x depth, Q: columns x depth), the
+/// blocks starting at (row0, col0). Entry (mi, ni, v) is at row(mi, v), col(ni, v).
+template <int MI, int NI>
+struct WarpProduct {
+  double c[MI][NI][4] = {};
+  int row0 = 0, col0 = 0;
+
+  __device__ __forceinline__ WarpProduct(int row0_, int col0_) : row0(row0_), col0(col0_) {}
+  __device__ __forceinline__ static int g() { return int(threadIdx.x % 32) / 4; }
+  __device__ __forceinline__ static int t() { return int(threadIdx.x % 4); }
+  __device__ __forceinline__ int row(int mi, int v) const { return row0 + 16 * mi + g() + 8 * (v / 2); }
+  __device__ __forceinline__ int col(int ni, int v) const { return col0 + 8 * ni + 2 * t() + v % 2; }
+
+  template <Read HowP, Read HowQ>
+  __device__ __forceinline__ void multiply(const double* p, const double* q, int depth) {
+#pragma unroll 2
+    for (int k0 = 0; k0 < depth; k0 += 8) {
+      const int k = k0 + t();
+      double a[MI][4], b[NI][2];
+#pragma unroll
+      for (int mi = 0; mi < MI; ++mi) {
+        const int m = row0 + 16 * mi + g();
+        a[mi][0] = operand<HowP>(p, m, k);
+        a[mi][1] = operand<HowP>(p, m + 8, k);
+        a[mi][2] = operand<HowP>(p, m, k + 4);
+        a[mi][3] = operand<HowP>(p, m + 8, k + 4);
+      }
+#pragma unroll
+      for (int ni = 0; ni < NI; ++ni) {
+        const int n = col0 + 8 * ni + g();
+        b[ni][0] = operand<HowQ>(q, n, k);
+        b[ni][1] = operand<HowQ>(q, n, k + 4);
+      }
+#pragma unroll
+      for (int mi = 0; mi < MI; ++mi)
+#pragma unroll
+        for (int ni = 0; ni < NI; ++ni) dmma_m16n8k8(c[mi][ni], a[mi], b[ni]);
+    }
+  }
+  /// s[col * kLd + row] = scale * entry (a tile, stored column by column).
+  __device__ __forceinline__ void write(double* s, double scale) const {
+#pragma unroll
+    for (int mi = 0; mi < MI; ++mi)
+#pragma unroll
+      for (int ni = 0; ni < NI; ++ni)
+#pragma unroll
+        for (int v = 0; v < 4; ++v) s[col(ni, v) * kLd + row(mi, v)] = scale * c[mi][ni][v];
+  }
+};
+
+/// A whole 64 x 64 tile over the CTA's eight warps: 32 x 16 each.
+using TileProduct = WarpProduct<2, 2>;
+__device__ __forceinline__ TileProduct tile_product() {
+  const int w = int(threadIdx.x) / 32;
+  return TileProduct(32 * (w & 1), 16 * (w >> 1));
+}
+/// A 32 x 32 quarter over the eight warps: 16 x 8 each.
+using QuarterProduct = WarpProduct<1, 1>;
+__device__ __forceinline__ QuarterProduct quarter_product() {
+  const int w = int(threadIdx.x) / 32;
+  return QuarterProduct(16 * (w & 1), 8 * (w >> 1));
+}
+
+/// Entry (r, c) of the 32 x 32 quarter of shared tile s starting at (r0, c0).
+__device__ __forceinline__ auto quarter(double* s, int r0, int c0) {
+  return [=](int r, int c) -> double& { return s[(c0 + c) * kLd + r0 + r]; };
+}
+
+/// CTA-wide: the diagonal tile s (tile kFactorTile) of the trailing matrix (lower triangle read)
+/// becomes its Cholesky factor L (upper part zero), and sinv (tile kFactorInverseTile) L^{-1} (upper
+/// part zero). first_index: the tile's first row in the matrix (for *info).
+// Not inlined: inlined at both call sites it pushed the kernel past 255 registers (spills); as a
+// call both sides fit (244 and its own).
+__device__ __noinline__ void factor_wide_tile(int first_index, const CholeskyParams& p) {
+  double* const s = tiles + kFactorTile * kTileDoubles;
+  double* const sinv = tiles + kFactorInverseTile * kTileDoubles;
+  __shared__ double pivot_inverse[kCholTile];
+  static_assert(kHalf == kCholTile, "the quarters are the 32-wide kernel's tiles");
+  __syncthreads();
+  chol::factor_tile_in_block(quarter(s, 0, 0), quarter(sinv, 0, 0), pivot_inverse, first_index, p);
+  {  // L21 = C21 L11^{-T}, over C21
+    QuarterProduct l21 = quarter_product();
+    l21.multiply<Read::Tile, Read::Tile>(s + kHalf, sinv, kHalf);
+    __syncthreads();
+    l21.write(s + kHalf, 1.0);
+  }
+  __syncthreads();
+  {  // C22 -= L21 L21^T (reads the left half, writes the right one)
+    QuarterProduct update = quarter_product();
+    update.multiply<Read::Tile, Read::Tile>(s + kHalf, s + kHalf, kHalf);
+#pragma unroll
+    for (int v = 0; v < 4; ++v) s[(kHalf + update.col(0, v)) * kLd + kHalf + update.row(0, v)] -= update.c[0][0][v];
+  }
+  __syncthreads();
+  chol::factor_tile_in_block(quarter(s, kHalf, kHalf), quarter(sinv, kHalf, kHalf), pivot_inverse,
+                             first_index + kHalf, p);
+  {  // X = L21 L11^{-1}, into the (unused) upper-right quarter of s
+    QuarterProduct x = quarter_product();
+    x.multiply<Read::Tile, Read::Transposed>(s + kHalf, sinv, kHalf);
+    x.write(s + kHalf * kLd, 1.0);
+  }
+  __syncthreads();
+  {  // (L^{-1})21 = -L22^{-1} X
+    QuarterProduct y = quarter_product();
+    y.multiply<Read::Tile, Read::Transposed>(sinv + kHalf * kLd + kHalf, s + kHalf * kLd, kHalf);
+    y.write(sinv + kHalf, -1.0);
+  }
+  __syncthreads();
+  for (int e = int(threadIdx.x); e < kHalf * kHalf; e += kThreads) {  // both upper-right quarters are zero
+    const int r = e % kHalf, c = e / kHalf;
+    s[(kHalf + c) * kLd + r] = 0.0;
+    sinv[(kHalf + c) * kLd + r] = 0.0;
+  }
+  __syncthreads();
+}
+
+/// Factors the diagonal tile held in tile kFactorTile (tile row/column j) and stores R_jj = L_jj^T
+/// (into work, whose tile (j, j) nothing reads any more) and L_jj^{-1} (into w).
+__device__ __forceinline__ void factor_and_store_wide(const CholeskyParams& p, int j) {
+  factor_wide_tile(j * kT, p);
+  const double* s = tiles + kFactorTile * kTileDoubles;
+  const double* sinv = tiles + kFactorInverseTile * kTileDoubles;
+  const int ld = p.tiles * kT;
+  store_tile(s, p.work, ld, j, j, /*transposed=*/true);
+  store_tile(sinv, p.w, ld, j, j, /*transposed=*/false);
+}
+
+}  // namespace cholw
+
+/// The cholesky_inverse_kernel of cholesky_kernels.cuh on 64-wide tiles (CholeskyParams::tiles
+/// counts 64-wide tiles here). Block kCholThreads, dynamic shared memory cholw::kSharedBytes.
+__global__ void __launch_bounds__(kCholThreads, 1) cholesky_inverse_wide_kernel(const __grid_constant__ CholeskyBatch batch) {
+  namespace cg = cooperative_groups;
+  using namespace cholw;
+  cg::grid_group grid = cg::this_grid();
+  double* const shared = cholw::tiles;
+  double* const tile0 = shared;
+  double* const tile1 = shared + kTileDoubles;
+  double* const tile2 = shared + kFactorInverseTile * kTileDoubles;
+  double* const tile3 = shared + kFactorTile * kTileDoubles;
+  const int nb = batch.count;
+  const int nt = batch.m[0].tiles, ld = nt * kT;  // every matrix of a batch has the same size
+  const std::size_t elements = std::size_t(ld) * ld;
+
+  // Lower triangle of work <- the Gram's upper one, transposed (identity beyond k); W <- 0 (as the
+  // 32-wide kernel).
+  for (std::size_t e = blockIdx.x * std::size_t(blockDim.x) + threadIdx.x; e < nb * elements;
+       e += std::size_t(gridDim.x) * blockDim.x) {
+    const CholeskyParams& p = batch.m[e / elements];
+    const std::size_t at = e % elements;
+    const int r = int(at % ld), col = int(at / ld);
+    if (r >= col)
+      p.work[at] = (r < p.k && col < p.k) ? p.gram[col + std::size_t(r) * p.k] : (r == col ? 1.0 : 0.0);
+    p.w[at] = 0;
+  }
+  grid.sync();
+  for (int m = int(blockIdx.x); m < nb; m += int(gridDim.x)) {
+    const CholeskyParams& p = batch.m[m];
+    copy_tile_async(tile3, p.work, ld, 0, 0);
+    commit_copies();
+    wait_copies<0>();
+    factor_and_store_wide(p, 0);  // begins with a block barrier
+  }
+  grid.sync();
+
+  // Step j: work item t is item t / nb of matrix t % nb (items 0, each matrix's next diagonal
+  // tile, go to the first CTAs). Item (i, m), j < m <= i: C_im -= L_ij L_mj^T with the panel tiles
+  // L_ij = A_ij L_jj^{-T} formed here (recomputed by every item that needs them: cheaper than a
+  // barrier).
+  for (int j = 0; j + 1 < nt; ++j) {
+    const int rest = nt - j - 1, count = rest * (rest + 1) / 2;
+    for (int t = int(blockIdx.x); t < nb * count; t += int(gridDim.x)) {
+      const CholeskyParams& p = batch.m[t % nb];
+      const int item = t / nb;
+      int i, m;
+      chol::lower_tile(item, i, m);
+      i += j + 1;
+      m += j + 1;
+      const bool square = m == i;
+      copy_tile_async(tile0, p.work, ld, i, j);
+      if (!square) copy_tile_async(tile1, p.work, ld, m, j);
+      copy_tile_async(tile2, p.w, ld, j, j);
+      commit_copies();
+      wait_copies<0>();
+      __syncthreads();
+      TileProduct li = tile_product(), lm = tile_product();
+      li.multiply<Read::Tile, Read::Tile>(tile0, tile2, kT);
+      if (!square) lm.multiply<Read::Tile, Read::Tile>(tile1, tile2, kT);
+      __syncthreads();
+      li.write(tile0, 1.0);
+      if (!square) lm.write(tile1, 1.0);
+      __syncthreads();
+      // Each panel tile is written by exactly one item, as R_ji = L_ij^T into work's upper tile
+      // (j, i), which nothing reads during the factorisation.
+      if (m == j + 1) store_tile(tile0, p.work, ld, j, i, /*transposed=*/true);
+      // This thread's entries of C_im, read while the update is multiplied (read earlier, they
+      // stayed live through the panel products and spilled).
+      TileProduct target = tile_product();
+      double* const c_im = p.work + std::size_t(i) * kT + std::size_t(m) * kT * std::size_t(ld);
+#pragma unroll
+      for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+        for (int ni = 0; ni < 2; ++ni)
+#pragma unroll
+          for (int v = 0; v < 4; ++v)
+            target.c[mi][ni][v] = c_im[target.row(mi, v) + std::size_t(target.col(ni, v)) * ld];
+      TileProduct update = tile_product();
+      update.multiply<Read::Tile, Read::Tile>(tile0, square ? tile0 : tile1, kT);
+#pragma unroll
+      for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+        for (int ni = 0; ni < 2; ++ni)
+#pragma unroll
+          for (int v = 0; v < 4; ++v) target.c[mi][ni][v] -= update.c[mi][ni][v];
+      if (item == 0) {  // (j+1, j+1) is final: factor it for step j + 1 (L_jj^{-1} in tile2 is done with)
+        target.write(tile3, 1.0);
+        factor_and_store_wide(p, j + 1);
+      } else {
+#pragma unroll
+        for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+          for (int ni = 0; ni < 2; ++ni)
+#pragma unroll
+            for (int v = 0; v < 4; ++v)
+              c_im[target.row(mi, v) + std::size_t(target.col(ni, v)) * ld] = target.c[mi][ni][v];
+      }
+      __syncthreads();  // the next item's copies overwrite the tiles
+    }
+    grid.sync();
+  }
+
+  // Inverse by doubling, as the 32-wide kernel: for the pair of diagonal blocks A = [q, q + span)
+  // and C = [q + span, q + 2 span) (clipped), S = B A^{-1} into work's lower tiles, then
+  // W[C, A] = -C^{-1} S. Each item's k-loop runs over tile pairs, the next pair copied into the
+  // other two shared tiles while the current one is multiplied.
+  const auto sum_of_products = [&](auto& acc, auto tiles_at, int x_begin, int x_end, auto multiply) {
+    // Buffer b is tiles 2b and 2b + 1.
+    const auto issue = [&](int x, int buffer) {
+      const auto refs = tiles_at(x);
+      copy_tile_async(shared + 2 * buffer * kTileDoubles, refs.p, ld, refs.p_row, refs.p_col);
+      copy_tile_async(shared + (2 * buffer + 1) * kTileDoubles, refs.q, ld, refs.q_row, refs.q_col);
+    };
+    issue(x_begin, 0);
+    commit_copies();
+    for (int x = x_begin; x < x_end; ++x) {
+      const int buffer = (x - x_begin) & 1;
+      if (x + 1 < x_end) issue(x + 1, buffer ^ 1);
+      commit_copies();
+      wait_copies<1>();
+      __syncthreads();
+      multiply(acc, shared + 2 * buffer * kTileDoubles, shared + (2 * buffer + 1) * kTileDoubles);
+      __syncthreads();
+    }
+  };
+  struct TileRefs {
+    const double* p;
+    int p_row, p_col;
+    const double* q;
+    int q_row, q_col;
+  };
+  for (int span = 1; span < nt; span *= 2) {
+    const int pairs = (nt + 2 * span - 1) / (2 * span);
+    const int per_pair = span * span;  // output tiles of a full pair (clipped ones skip)
+    const int items = pairs * per_pair;
+    // Step 1: S_im = sum over x in [m, q + span) of L_ix (A^{-1})_xm; L_ix is R's upper tile
+    // (x, i) read transposed.
+    for (int t = int(blockIdx.x); t < nb * items; t += int(gridDim.x)) {
+      const CholeskyParams& p = batch.m[t % nb];
+      const int item = t / nb;
+      const int q = (item / per_pair) * 2 * span, i = q + span + (item % per_pair) / span,
+                m = q + (item % per_pair) % span;
+      if (i >= nt) continue;  // block-uniform: no barrier skipped by part of a CTA
+      TileProduct acc = tile_product();
+      sum_of_products(
+          acc, [&](int x) { return TileRefs{p.work, x, i, p.w, x, m}; }, m, q + span,
+          [](TileProduct& a, const double* l, const double* w) {
+            a.multiply<Read::Transposed, Read::Transposed>(l, w, kT);
+          });
+      double* const s_im = p.work + std::size_t(i) * kT + std::size_t(m) * kT * std::size_t(ld);
+#pragma unroll
+      for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+        for (int ni = 0; ni < 2; ++ni)
+#pragma unroll
+          for (int v = 0; v < 4; ++v) s_im[acc.row(mi, v) + std::size_t(acc.col(ni, v)) * ld] = acc.c[mi][ni][v];
+    }
+    grid.sync();
+    // Step 2: W_im = -sum over x in [q + span, i] of (C^{-1})_ix S_xm.
+    for (int t = int(blockIdx.x); t < nb * items; t += int(gridDim.x)) {
+      const CholeskyParams& p = batch.m[t % nb];
+      const int item = t / nb;
+      const int q = (item / per_pair) * 2 * span, i = q + span + (item % per_pair) / span,
+                m = q + (item % per_pair) % span;
+      if (i >= nt) continue;
+      TileProduct acc = tile_product();
+      sum_of_products(
+          acc, [&](int x) { return TileRefs{p.w, i, x, p.work, x, m}; }, q + span, i + 1,
+          [](TileProduct& a, const double* w, const double* s) {
+            a.multiply<Read::Tile, Read::Transposed>(w, s, kT);
+          });
+      double* const w_im = p.w + std::size_t(i) * kT + std::size_t(m) * kT * std::size_t(ld);
+#pragma unroll
+      for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+        for (int ni = 0; ni < 2; ++ni)
+#pragma unroll
+          for (int v = 0; v < 4; ++v) w_im[acc.row(mi, v) + std::size_t(acc.col(ni, v)) * ld] = -acc.c[mi][ni][v];
+    }
+    grid.sync();
+  }
+}
+
+}  // namespace xkv::cuda::detail
