@@ -149,11 +149,12 @@ struct Accumulator {
 };
 
 /// All threads of the CTA: d <- its Cholesky factor (lower, upper part zeroed), inv <- the
-/// factor's inverse. Right-looking, one block barrier per pivot: thread (lane, warp w) keeps the
-/// entries (lane, w + 8 u) of the trailing matrix in registers, and step c subtracts
+/// factor's inverse. Right-looking, one block barrier per two pivots: thread (lane, warp w) keeps
+/// the entries (lane, w + 8 u) of the trailing matrix in registers, and step c subtracts
 /// L_ic L_mc = (a_ic s)(a_mc s), s = 1 / sqrt(a_cc), from those with c < m <= lane, reading
-/// column c from shared memory; the owners of column c + 1 write it back for the next step. Column
-/// c itself is scaled only at the end (nothing reads it after step c). Until 2026-11-30 one warp
+/// column c from shared memory (column c + 1 after step c is formed where it is needed); the
+/// owners of columns c + 2 and c + 3 write them back for the next pair. Columns are scaled only
+/// at the end (nothing reads them after their step). Until 2026-11-30 one warp
 /// did all of it, a row per lane, with the column broadcast by shuffles: ~40k cycles per tile, the
 /// critical path of both kernels (a dependent shuffle / rsqrt / fma chain a warp cannot hide).
 /// The same fma with the same operands, so the same bits. fp64 sqrt and division are long
@@ -172,23 +173,42 @@ __device__ __forceinline__ void factor_tile_in_block(FactorTile d, InverseTile i
   double entry[kColumns];  // (lane, warp + kWarps u), unscaled
 #pragma unroll
   for (int u = 0; u < kColumns; ++u) entry[u] = d(lane, warp + kWarps * u);
+  // Two pivots per barrier: every thread forms column c + 1 after step c itself (the owners'
+  // fma, the same operands, the same bits) where it needs it.
+  static_assert(kCholTile % 2 == 0, "pivots in pairs");
 #pragma unroll 1
-  for (int c = 0; c < kCholTile; ++c) {
-    __syncthreads();  // column c is final in d
+  for (int c = 0; c < kCholTile; c += 2) {
+    __syncthreads();  // column c is final in d, column c + 1 has its value before step c
     double pivot = d(c, c);
     if (!(pivot > 0)) {  // also NaN: flag it, carry on with 1 so every CTA still reaches each barrier
       if (threadIdx.x == 0 && first_index + c < p.k) atomicCAS(p.info, 0, first_index + c + 1);
       pivot = 1;
     }
     const double scale = rsqrt(pivot);  // 1 / L_cc
-    if (threadIdx.x == 0) pivot_inverse[c] = scale;
+    const double a_nc = d(c + 1, c) * scale;  // L_{c+1,c}
+    double pivot_next = fma(-a_nc, a_nc, d(c + 1, c + 1));  // a_{c+1,c+1} after step c
+    if (!(pivot_next > 0)) {
+      if (threadIdx.x == 0 && first_index + c + 1 < p.k) atomicCAS(p.info, 0, first_index + c + 2);
+      pivot_next = 1;
+    }
+    const double scale_next = rsqrt(pivot_next);
+    if (threadIdx.x == 0) {
+      pivot_inverse[c] = scale;
+      pivot_inverse[c + 1] = scale_next;
+    }
     const double l_ic = d(lane, c) * scale;
+    const double l_in = fma(-l_ic, a_nc, d(lane, c + 1)) * scale_next;  // L_{lane,c+1} (lane > c + 1)
 #pragma unroll
     for (int u = 0; u < kColumns; ++u) {
       const int m = warp + kWarps * u;
       if (m > c && m <= lane) {
-        entry[u] = fma(-l_ic, d(m, c) * scale, entry[u]);
-        if (m == c + 1) d(lane, m) = entry[u];  // column c + 1, read by the next step only
+        const double l_mc = d(m, c) * scale;
+        entry[u] = fma(-l_ic, l_mc, entry[u]);  // step c
+        if (m > c + 1) {
+          const double a_mn = fma(-l_mc, a_nc, d(m, c + 1));  // a_{m,c+1} after step c
+          entry[u] = fma(-l_in, a_mn * scale_next, entry[u]);  // step c + 1
+        }
+        if (m == c + 2 || m == c + 3) d(lane, m) = entry[u];  // read by the next pair only
       }
     }
   }
@@ -231,6 +251,40 @@ __device__ __forceinline__ void lower_tile(int t, int& i, int& m) {
   m = t - i * (i + 1) / 2;
 }
 
+/// Every CTA, all threads: the lower triangle of each matrix's work <- its Gram's upper triangle,
+/// transposed (identity beyond k), and W <- 0. The upper triangle of work is left alone: R fills
+/// it, and with work == gram (in place) it is still being read here. Blocks of 32 x 32 pass
+/// through `scratch` (32 x 33 doubles of shared memory), so that the Gram's columns are read and
+/// work's columns written in whole lines (element by element, the transposed reads took 35-99k
+/// cycles per launch). A block's reads (c, r) and writes (r, c), r >= c, touch the same entry only
+/// on the diagonal, and there within one CTA, across a barrier.
+__device__ __forceinline__ void copy_down_and_clear(const CholeskyBatch& batch, int ld, double* scratch) {
+  const int nb = batch.count, blocks = ld / kCholTile;
+  const int lower_blocks = blocks * (blocks + 1) / 2;
+  for (int t = int(blockIdx.x); t < nb * lower_blocks; t += int(gridDim.x)) {
+    const CholeskyParams& p = batch.m[t % nb];
+    int bi, bj;  // block row >= block column
+    lower_tile(t / nb, bi, bj);
+    for (int e = int(threadIdx.x); e < kCholTile * kCholTile; e += int(blockDim.x)) {
+      const int x = e % kCholTile, y = e / kCholTile;  // work(r, c), r = bi*32 + y, c = bj*32 + x
+      const int r = bi * kCholTile + y, c = bj * kCholTile + x;
+      scratch[y * (kCholTile + 1) + x] =
+          r < c ? 0.0 : (r < p.k && c < p.k) ? p.gram[c + std::size_t(r) * p.k] : (r == c ? 1.0 : 0.0);
+    }
+    __syncthreads();
+    for (int e = int(threadIdx.x); e < kCholTile * kCholTile; e += int(blockDim.x)) {
+      const int y = e % kCholTile, x = e / kCholTile;
+      const int r = bi * kCholTile + y, c = bj * kCholTile + x;
+      if (r >= c) p.work[r + std::size_t(c) * ld] = scratch[y * (kCholTile + 1) + x];
+    }
+    __syncthreads();
+  }
+  const std::size_t elements = std::size_t(ld) * ld;
+  for (std::size_t e = blockIdx.x * std::size_t(blockDim.x) + threadIdx.x; e < nb * elements;
+       e += std::size_t(gridDim.x) * blockDim.x)
+    batch.m[e / elements].w[e % elements] = 0;
+}
+
 /// CTA-wide: factor the diagonal tile held in `d` (tile row/column j) and store R_jj = L_jj^T
 /// (into work, whose tile (j, j) nothing reads any more) and L_jj^{-1}.
 __device__ __forceinline__ void factor_and_store(const CholeskyParams& p, int j, Tile& d, Tile& inv) {
@@ -253,21 +307,8 @@ __global__ void __launch_bounds__(kCholThreads) cholesky_inverse_kernel(const __
   __shared__ chol::Tile a, b, c, inv;
   const int nb = batch.count;
   const int nt = batch.m[0].tiles, ld = nt * kCholTile;  // every matrix of a batch has the same size
-  const std::size_t elements = std::size_t(ld) * ld;
 
-  // Lower triangle of work <- the Gram's upper one, transposed (identity beyond k); W <- 0. The
-  // upper triangle of work is left alone: R fills it, and with work == gram (in place) it is
-  // still being read here. Reads (col, r) and writes (r, col), r >= col: no entry is both read
-  // and written by different threads.
-  for (std::size_t e = blockIdx.x * std::size_t(blockDim.x) + threadIdx.x; e < nb * elements;
-       e += std::size_t(gridDim.x) * blockDim.x) {
-    const CholeskyParams& p = batch.m[e / elements];
-    const std::size_t at = e % elements;
-    const int r = int(at % ld), col = int(at / ld);
-    if (r >= col)
-      p.work[at] = (r < p.k && col < p.k) ? p.gram[col + std::size_t(r) * p.k] : (r == col ? 1.0 : 0.0);
-    p.w[at] = 0;
-  }
+  chol::copy_down_and_clear(batch, ld, &a[0][0]);
   grid.sync();
   for (int m = int(blockIdx.x); m < nb; m += int(gridDim.x)) {
     const CholeskyParams& p = batch.m[m];

@@ -230,19 +230,8 @@ __global__ void __launch_bounds__(kCholThreads, 1) cholesky_inverse_wide_kernel(
   double* const tile3 = shared + kFactorTile * kTileDoubles;
   const int nb = batch.count;
   const int nt = batch.m[0].tiles, ld = nt * kT;  // every matrix of a batch has the same size
-  const std::size_t elements = std::size_t(ld) * ld;
 
-  // Lower triangle of work <- the Gram's upper one, transposed (identity beyond k); W <- 0 (as the
-  // 32-wide kernel).
-  for (std::size_t e = blockIdx.x * std::size_t(blockDim.x) + threadIdx.x; e < nb * elements;
-       e += std::size_t(gridDim.x) * blockDim.x) {
-    const CholeskyParams& p = batch.m[e / elements];
-    const std::size_t at = e % elements;
-    const int r = int(at % ld), col = int(at / ld);
-    if (r >= col)
-      p.work[at] = (r < p.k && col < p.k) ? p.gram[col + std::size_t(r) * p.k] : (r == col ? 1.0 : 0.0);
-    p.w[at] = 0;
-  }
+  chol::copy_down_and_clear(batch, ld, tile0);
   grid.sync();
   for (int m = int(blockIdx.x); m < nb; m += int(gridDim.x)) {
     const CholeskyParams& p = batch.m[m];
