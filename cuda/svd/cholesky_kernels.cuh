@@ -251,6 +251,23 @@ __device__ __forceinline__ void lower_tile(int t, int& i, int& m) {
   m = t - i * (i + 1) / 2;
 }
 
+/// Trailing tile (i, m), j < m <= i, of work item `item` of factorisation step j.
+__device__ __forceinline__ void trailing_tile(int item, int j, int& i, int& m) {
+  lower_tile(item, i, m);
+  i += j + 1;
+  m += j + 1;
+}
+
+/// Output tile (i, m) of work item `item` of the inverse level whose diagonal blocks span `span`
+/// tiles: the pair starting at tile q = (item / span^2) 2 span, i in C = [q + span, q + 2 span),
+/// m in A = [q, q + span).
+__device__ __forceinline__ void inverse_tile(int item, int span, int& q, int& i, int& m) {
+  const int per_pair = span * span, in_pair = item % per_pair;
+  q = (item / per_pair) * 2 * span;
+  i = q + span + in_pair / span;
+  m = q + in_pair % span;
+}
+
 /// Every CTA, all threads: the lower triangle of each matrix's work <- its Gram's upper triangle,
 /// transposed (identity beyond k), and W <- 0. The upper triangle of work is left alone: R fills
 /// it, and with work == gram (in place) it is still being read here. Blocks of 32 x 32 pass
@@ -326,9 +343,7 @@ __global__ void __launch_bounds__(kCholThreads) cholesky_inverse_kernel(const __
       const CholeskyParams& p = batch.m[t % nb];
       const int item = t / nb;
       int i, m;
-      chol::lower_tile(item, i, m);
-      i += j + 1;
-      m += j + 1;
+      chol::trailing_tile(item, j, i, m);
       {
         chol::Tile* dst[4] = {&a, &b, &inv, &c};
         chol::load<4>(dst, {chol::TileRef{p.work, i, j}, chol::TileRef{p.work, m, j}, chol::TileRef{p.w, j, j},
@@ -372,7 +387,8 @@ __global__ void __launch_bounds__(kCholThreads) cholesky_inverse_kernel(const __
     for (int t = int(blockIdx.x); t < nb * items; t += int(gridDim.x)) {
       const CholeskyParams& p = batch.m[t % nb];
       const int item = t / nb;
-      const int q = (item / per_pair) * 2 * span, i = q + span + (item % per_pair) / span, m = q + (item % per_pair) % span;
+      int q, i, m;
+      chol::inverse_tile(item, span, q, i, m);
       if (i >= nt) continue;  // block-uniform: no barrier skipped by part of a CTA
       chol::Accumulator acc;
       // A^{-1} is lower: rows x >= m contribute to column m. Tiles x + 1 are fetched while tiles x
@@ -400,7 +416,8 @@ __global__ void __launch_bounds__(kCholThreads) cholesky_inverse_kernel(const __
     for (int t = int(blockIdx.x); t < nb * items; t += int(gridDim.x)) {
       const CholeskyParams& p = batch.m[t % nb];
       const int item = t / nb;
-      const int q = (item / per_pair) * 2 * span, i = q + span + (item % per_pair) / span, m = q + (item % per_pair) % span;
+      int q, i, m;
+      chol::inverse_tile(item, span, q, i, m);
       if (i >= nt) continue;
       chol::Accumulator acc;
       const auto tiles_at = [&](int x) {  // C^{-1} is lower: columns x <= i

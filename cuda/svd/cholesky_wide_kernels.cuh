@@ -127,6 +127,24 @@ struct WarpProduct {
         for (int ni = 0; ni < NI; ++ni) dmma_m16n8k8(c[mi][ni], a[mi], b[ni]);
     }
   }
+  /// Entries <- the matrix tile at `origin` (column-major, leading dimension ld).
+  __device__ __forceinline__ void load(const double* origin, int ld) {
+#pragma unroll
+    for (int mi = 0; mi < MI; ++mi)
+#pragma unroll
+      for (int ni = 0; ni < NI; ++ni)
+#pragma unroll
+        for (int v = 0; v < 4; ++v) c[mi][ni][v] = origin[row(mi, v) + std::size_t(col(ni, v)) * ld];
+  }
+  /// The matrix tile at `origin` (column-major, leading dimension ld) <- scale * entries.
+  __device__ __forceinline__ void store(double* origin, int ld, double scale) const {
+#pragma unroll
+    for (int mi = 0; mi < MI; ++mi)
+#pragma unroll
+      for (int ni = 0; ni < NI; ++ni)
+#pragma unroll
+        for (int v = 0; v < 4; ++v) origin[row(mi, v) + std::size_t(col(ni, v)) * ld] = scale * c[mi][ni][v];
+  }
   /// s[col * kLd + row] = scale * entry (a tile, stored column by column).
   __device__ __forceinline__ void write(double* s, double scale) const {
 #pragma unroll
@@ -252,9 +270,7 @@ __global__ void __launch_bounds__(kCholThreads, 1) cholesky_inverse_wide_kernel(
       const CholeskyParams& p = batch.m[t % nb];
       const int item = t / nb;
       int i, m;
-      chol::lower_tile(item, i, m);
-      i += j + 1;
-      m += j + 1;
+      chol::trailing_tile(item, j, i, m);
       const bool square = m == i;
       copy_tile_async(tile0, p.work, ld, i, j);
       if (!square) copy_tile_async(tile1, p.work, ld, m, j);
@@ -276,13 +292,7 @@ __global__ void __launch_bounds__(kCholThreads, 1) cholesky_inverse_wide_kernel(
       // stayed live through the panel products and spilled).
       TileProduct target = tile_product();
       double* const c_im = p.work + std::size_t(i) * kT + std::size_t(m) * kT * std::size_t(ld);
-#pragma unroll
-      for (int mi = 0; mi < 2; ++mi)
-#pragma unroll
-        for (int ni = 0; ni < 2; ++ni)
-#pragma unroll
-          for (int v = 0; v < 4; ++v)
-            target.c[mi][ni][v] = c_im[target.row(mi, v) + std::size_t(target.col(ni, v)) * ld];
+      target.load(c_im, ld);
       TileProduct update = tile_product();
       update.multiply<Read::Tile, Read::Tile>(tile0, square ? tile0 : tile1, kT);
 #pragma unroll
@@ -295,13 +305,7 @@ __global__ void __launch_bounds__(kCholThreads, 1) cholesky_inverse_wide_kernel(
         target.write(tile3, 1.0);
         factor_and_store_wide(p, j + 1);
       } else {
-#pragma unroll
-        for (int mi = 0; mi < 2; ++mi)
-#pragma unroll
-          for (int ni = 0; ni < 2; ++ni)
-#pragma unroll
-            for (int v = 0; v < 4; ++v)
-              c_im[target.row(mi, v) + std::size_t(target.col(ni, v)) * ld] = target.c[mi][ni][v];
+        target.store(c_im, ld, 1.0);
       }
       __syncthreads();  // the next item's copies overwrite the tiles
     }
@@ -346,8 +350,8 @@ __global__ void __launch_bounds__(kCholThreads, 1) cholesky_inverse_wide_kernel(
     for (int t = int(blockIdx.x); t < nb * items; t += int(gridDim.x)) {
       const CholeskyParams& p = batch.m[t % nb];
       const int item = t / nb;
-      const int q = (item / per_pair) * 2 * span, i = q + span + (item % per_pair) / span,
-                m = q + (item % per_pair) % span;
+      int q, i, m;
+      chol::inverse_tile(item, span, q, i, m);
       if (i >= nt) continue;  // block-uniform: no barrier skipped by part of a CTA
       TileProduct acc = tile_product();
       sum_of_products(
@@ -355,21 +359,15 @@ __global__ void __launch_bounds__(kCholThreads, 1) cholesky_inverse_wide_kernel(
           [](TileProduct& a, const double* l, const double* w) {
             a.multiply<Read::Transposed, Read::Transposed>(l, w, kT);
           });
-      double* const s_im = p.work + std::size_t(i) * kT + std::size_t(m) * kT * std::size_t(ld);
-#pragma unroll
-      for (int mi = 0; mi < 2; ++mi)
-#pragma unroll
-        for (int ni = 0; ni < 2; ++ni)
-#pragma unroll
-          for (int v = 0; v < 4; ++v) s_im[acc.row(mi, v) + std::size_t(acc.col(ni, v)) * ld] = acc.c[mi][ni][v];
+      acc.store(p.work + std::size_t(i) * kT + std::size_t(m) * kT * std::size_t(ld), ld, 1.0);
     }
     grid.sync();
     // Step 2: W_im = -sum over x in [q + span, i] of (C^{-1})_ix S_xm.
     for (int t = int(blockIdx.x); t < nb * items; t += int(gridDim.x)) {
       const CholeskyParams& p = batch.m[t % nb];
       const int item = t / nb;
-      const int q = (item / per_pair) * 2 * span, i = q + span + (item % per_pair) / span,
-                m = q + (item % per_pair) % span;
+      int q, i, m;
+      chol::inverse_tile(item, span, q, i, m);
       if (i >= nt) continue;
       TileProduct acc = tile_product();
       sum_of_products(
@@ -377,13 +375,7 @@ __global__ void __launch_bounds__(kCholThreads, 1) cholesky_inverse_wide_kernel(
           [](TileProduct& a, const double* w, const double* s) {
             a.multiply<Read::Tile, Read::Transposed>(w, s, kT);
           });
-      double* const w_im = p.w + std::size_t(i) * kT + std::size_t(m) * kT * std::size_t(ld);
-#pragma unroll
-      for (int mi = 0; mi < 2; ++mi)
-#pragma unroll
-        for (int ni = 0; ni < 2; ++ni)
-#pragma unroll
-          for (int v = 0; v < 4; ++v) w_im[acc.row(mi, v) + std::size_t(acc.col(ni, v)) * ld] = -acc.c[mi][ni][v];
+      acc.store(p.w + std::size_t(i) * kT + std::size_t(m) * kT * std::size_t(ld), ld, -1.0);
     }
     grid.sync();
   }
