@@ -12,8 +12,9 @@
 //     (factor_tile_in_block), then L21 = C21 L11^{-T} and C22 -= L21 L21^T, the bottom-right
 //     quarter, and L^{-1} completed with -L22^{-1} (L21 L11^{-1}).
 // Measured on an H200 (xkv_svd_cli --micro, 2026-11-30): 8 matrices of 768^2 in one launch
-// (16 CTAs each) 0.60 ms against 1.12 ms for the 32-wide kernel, 8 of 512^2 0.33 against 0.47;
-// one matrix alone about the same (0.29 / 0.44 ms at k = 512 / 768).
+// (16 CTAs each) 0.60 ms against 1.12 ms for the 32-wide kernel, 8 of 512^2 0.33 against 0.47
+// (A/B in one binary, one pivot per barrier in the tile factor); with two per barrier and the
+// blocked copy, 0.555 / 0.288 ms, and one matrix alone 0.377 / 0.252 ms (docs/PERFORMANCE.md).
 //
 // Shared tiles are stored column by column with a padded leading dimension: entry (r, c) of a
 // tile at s[c * kLd + r], so that a 512-byte matrix column is one cp.async row. With kLd = 68 the
