@@ -22,13 +22,16 @@ int multiprocessors() {
 }
 
 /// Row slices for `tiles` output tiles: the count (1-4) whose CTAs finish soonest, counting whole
-/// waves of one CTA per multiprocessor (a slice's work shrinks as 1 / splits); ties to fewer.
+/// waves of cqr::kMinBlocksPerSm CTAs per multiprocessor (a slice's work shrinks as 1 / splits);
+/// ties to fewer. Not the occupancy the device reports: the count, and so the bits of the sum,
+/// must not depend on the launch's shared-memory stages.
 int choose_splits(int tiles, std::int64_t rows, int sms, int max_splits) {
   const std::int64_t max_by_rows = std::max<std::int64_t>(1, rows / (4 * cqr::kChunk));
+  const std::int64_t slots = std::int64_t(sms) * cqr::kMinBlocksPerSm;
   int best = 1;
   double best_time = 1e300;
   for (int s = 1; s <= std::min<std::int64_t>(max_splits, max_by_rows); ++s) {
-    const double waves = double((std::int64_t(tiles) * s + sms - 1) / sms);
+    const double waves = double((std::int64_t(tiles) * s + slots - 1) / slots);
     const double time = waves / s;
     if (time < best_time - 1e-12) {
       best_time = time;

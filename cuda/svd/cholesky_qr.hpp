@@ -35,7 +35,7 @@ struct GramScratch {
 /// ld rows), summed in fp64. The row slices' partial sums go to g and the buffers of `scratch` and
 /// are added in a fixed order: the result is the same bits every run on one device. Asynchronous
 /// on `stream`. `stages`: shared memory stages of the launch (1 or 2; 0: two where the device's
-/// shared memory per block holds them, ~139 KB, as on sm_80 and sm_90); the bits do not depend on it.
+/// shared memory per block holds them, ~74 KB); the bits do not depend on it.
 void basis_gram(const float* z, std::int64_t rows, int k, double* g, const GramScratch& scratch,
                 cudaStream_t stream, int stages = 0);
 

@@ -12,12 +12,14 @@
 // and its Dsyrk ran at ~18-23 TFLOP/s on the H200; these are one launch each with the conversions
 // folded into the loads and stores.
 //
-// Both are 64 x 64 output tiles per CTA of 8 warps: warp w computes the 32 x 32 quadrant
-// (w & 1, (w >> 1) & 1) over half of each 64-deep k chunk (w >> 2), with DMMA m16n8k8; the two
-// halves meet in shared memory at the end. Chunk c + 1 is loaded into registers (converted to
-// fp64) while chunk c is multiplied, then stored into the other of two shared stages: one barrier
-// per chunk. One CTA per SM (two 70 KB stages, ~190 registers a thread: capped at 128 they
-// spilled and ran slower). Devices without 139 KB of shared memory per block take one stage.
+// Both are 64 x 64 output tiles per CTA of 4 warps: warp w computes the 32 x 32 quadrant
+// (w & 1, w >> 1) over each 32-deep k chunk with DMMA m16n8k8. Chunk c + 1 is loaded into
+// registers (converted to fp64) while chunk c is multiplied, then stored into the other of two
+// shared stages: one barrier per chunk. Small CTAs, several per SM (two 37 KB stages, ~170
+// registers a thread): one warp per scheduler already keeps the fp64 tensor pipe busy (65 TFLOP/s
+// from registers on the H200), and while one CTA stages its next chunk or waits at its barrier
+// the others multiply. (The earlier shape, one CTA of 8 warps per SM with the k chunk split
+// between warp halves, left the pipe idle during every staging and barrier: ~20-25 TFLOP/s.)
 #pragma once
 
 #include <cuda_runtime.h>
@@ -32,43 +34,41 @@ namespace xkv::cuda::detail {
 namespace cqr {
 
 inline constexpr int kTile = 64;     // output tile side
-inline constexpr int kChunk = 64;    // k depth staged at once
-inline constexpr int kThreads = 256;
+inline constexpr int kChunk = 32;    // k depth staged at once
+inline constexpr int kThreads = 128;
+inline constexpr int kMinBlocksPerSm = 3;  // registers capped for 3 resident CTAs (~170 a thread)
 inline constexpr int kMaxSplits = 4;
 // Shared tiles in two layouts, padded so that the 16 lanes of a half-warp reading a DMMA fragment
 // (g = lane / 4 along m, t = lane % 4 along k) hit 16 different bank pairs:
-inline constexpr int kKMajorLd = kChunk + 4;  // [m][k]: offset 68 m + k  ->  4 g + t (mod 16)
+inline constexpr int kKMajorLd = kChunk + 4;  // [m][k]: offset 36 m + k  ->  4 g + t (mod 16)
 inline constexpr int kMMajorLd = kTile + 4;   // [k][m]: offset 68 k + m  ->  4 t + g (mod 16)
-inline constexpr int kReduceLd = kTile + 1;
 inline constexpr std::size_t kStageDoubles = 2 * std::size_t(kTile) * kKMajorLd;  // A and B tiles of a chunk
-/// Dynamic shared memory of a launch with `stages` stages (two: 139 KB, beyond sm_86/sm_89).
+/// Dynamic shared memory of a launch with `stages` stages (two: 74 KB).
 constexpr std::size_t shared_bytes(int stages) { return std::size_t(stages) * kStageDoubles * sizeof(double); }
 static_assert(2 * std::size_t(kChunk) * kMMajorLd <= kStageDoubles, "apply tiles fit");
-static_assert(std::size_t(kTile) * kReduceLd * sizeof(double) <= shared_bytes(1), "reduction fits");
 
 /// One warp's 32 x 32 quadrant of the CTA's 64 x 64 tile: 2 x 4 blocks of 16 x 8, four entries
 /// per thread each; entry (mi, ni, v) is at tile row row(mi, v), column col(ni, v).
 struct Quadrant {
   double c[2][4][4] = {};
-  int row0 = 0, col0 = 0, k_half = 0;
+  int row0 = 0, col0 = 0;
 
   __device__ __forceinline__ Quadrant() {
     const int w = int(threadIdx.x) / 32;
     row0 = 32 * (w & 1);
-    col0 = 32 * ((w >> 1) & 1);
-    k_half = w >> 2;
+    col0 = 32 * (w >> 1);
   }
   __device__ __forceinline__ static int g() { return int(threadIdx.x % 32) / 4; }
   __device__ __forceinline__ static int t() { return int(threadIdx.x % 4); }
   __device__ __forceinline__ int row(int mi, int v) const { return row0 + 16 * mi + g() + 8 * (v / 2); }
   __device__ __forceinline__ int col(int ni, int v) const { return col0 + 8 * ni + 2 * t() + v % 2; }
 
-  /// += A B over this warp's half of a chunk; a_at(m, k) and b_at(n, k) read the shared tiles.
+  /// += A B over a chunk; a_at(m, k) and b_at(n, k) read the shared tiles.
   template <class ReadA, class ReadB>
   __device__ __forceinline__ void multiply(ReadA a_at, ReadB b_at) {
 #pragma unroll
-    for (int s = 0; s < kChunk / 2; s += 8) {
-      const int k = k_half * (kChunk / 2) + s + t();
+    for (int s = 0; s < kChunk; s += 8) {
+      const int k = s + t();
       double a[2][4], b[4][2];
 #pragma unroll
       for (int mi = 0; mi < 2; ++mi) {
@@ -89,27 +89,6 @@ struct Quadrant {
 #pragma unroll
         for (int ni = 0; ni < 4; ++ni) dmma_m16n8k8(c[mi][ni], a[mi], b[ni]);
     }
-  }
-
-  /// The second k half adds its sums into the first's (fixed order), through `scratch`; after
-  /// this, threads of warps 0-3 hold the tile. Starts and ends with a block barrier.
-  __device__ __forceinline__ void combine_halves(double* scratch) {
-    __syncthreads();
-    if (k_half == 1)
-#pragma unroll
-      for (int mi = 0; mi < 2; ++mi)
-#pragma unroll
-        for (int ni = 0; ni < 4; ++ni)
-#pragma unroll
-          for (int v = 0; v < 4; ++v) scratch[row(mi, v) * kReduceLd + col(ni, v)] = c[mi][ni][v];
-    __syncthreads();
-    if (k_half == 0)
-#pragma unroll
-      for (int mi = 0; mi < 2; ++mi)
-#pragma unroll
-        for (int ni = 0; ni < 4; ++ni)
-#pragma unroll
-          for (int v = 0; v < 4; ++v) c[mi][ni][v] += scratch[row(mi, v) * kReduceLd + col(ni, v)];
   }
 };
 
@@ -136,10 +115,10 @@ struct GramPartialsParams {
 
 /// Grid (upper tiles, splits), block cqr::kThreads, cqr::shared_bytes(Stages) of dynamic shared memory.
 template <int Stages>
-__global__ void __launch_bounds__(cqr::kThreads, 1) gram_partials_kernel(const __grid_constant__ GramPartialsParams p) {
+__global__ void __launch_bounds__(cqr::kThreads, cqr::kMinBlocksPerSm) gram_partials_kernel(const __grid_constant__ GramPartialsParams p) {
   using namespace cqr;
   extern __shared__ double shared[];
-  // Stage s: A tile [64 columns of the row block][68] at shared + s * kStageDoubles, then B.
+  // Stage s: A tile [64 columns of the row block][36] at shared + s * kStageDoubles, then B.
   int bi = 0, bj = 0;
   upper_tile(int(blockIdx.x), bi, bj);
   const bool diagonal = bi == bj;
@@ -150,34 +129,31 @@ __global__ void __launch_bounds__(cqr::kThreads, 1) gram_partials_kernel(const _
   // The strictly lower quadrant of a diagonal tile is not needed (only the upper triangle is).
   const bool idle = diagonal && acc.row0 > acc.col0;
 
-  // Thread (lane, warp) stages rows t0 + lane + 32 h (h = 0, 1) of columns warp + 8 c, c = 0..7,
-  // of each block.
-  constexpr int kRowsPerPass = 32, kPasses = kChunk / kRowsPerPass;
+  // Thread (lane, warp) stages row t0 + lane of columns warp + 4 c, c = 0..15, of each block (a
+  // warp reads 128 contiguous bytes of a column). Which of those columns exist is fixed per thread.
+  constexpr int kColumnsPerThread = kTile / 4;
+  static_assert(kChunk == 32, "one row per lane");
+  const std::int64_t column_step = 4 * p.ld;
   const float* a_col = p.z + lane + std::int64_t(bi * kTile + warp) * p.ld;
   const float* b_col = p.z + lane + std::int64_t(bj * kTile + warp) * p.ld;
-  float va[kPasses][8], vb[kPasses][8];
+  const int a_columns = p.k - bi * kTile - warp, b_columns = diagonal ? 0 : p.k - bj * kTile - warp;
+  float va[kColumnsPerThread], vb[kColumnsPerThread];
   auto load = [&](std::int64_t t0) {
+    const bool row_ok = t0 + lane < t_end;
 #pragma unroll
-    for (int h = 0; h < kPasses; ++h) {
-      const bool row_ok = t0 + kRowsPerPass * h + lane < t_end;
-#pragma unroll
-      for (int c = 0; c < 8; ++c) {
-        const std::int64_t offset = t0 + kRowsPerPass * h + std::int64_t(8 * c) * p.ld;
-        va[h][c] = row_ok && bi * kTile + warp + 8 * c < p.k ? a_col[offset] : 0.0f;
-        vb[h][c] = !diagonal && row_ok && bj * kTile + warp + 8 * c < p.k ? b_col[offset] : 0.0f;
-      }
+    for (int c = 0; c < kColumnsPerThread; ++c) {
+      va[c] = row_ok && 4 * c < a_columns ? a_col[t0 + c * column_step] : 0.0f;
+      vb[c] = row_ok && 4 * c < b_columns ? b_col[t0 + c * column_step] : 0.0f;
     }
   };
   auto store = [&](int stage) {
-    double* sa = shared + stage * kStageDoubles;
+    double* sa = shared + stage * kStageDoubles + warp * kKMajorLd + lane;
     double* sb = sa + kTile * kKMajorLd;
 #pragma unroll
-    for (int h = 0; h < kPasses; ++h)
-#pragma unroll
-      for (int c = 0; c < 8; ++c) {
-        sa[(warp + 8 * c) * kKMajorLd + kRowsPerPass * h + lane] = double(va[h][c]);
-        if (!diagonal) sb[(warp + 8 * c) * kKMajorLd + kRowsPerPass * h + lane] = double(vb[h][c]);
-      }
+    for (int c = 0; c < kColumnsPerThread; ++c) {
+      sa[4 * c * kKMajorLd] = double(va[c]);
+      if (!diagonal) sb[4 * c * kKMajorLd] = double(vb[c]);
+    }
   };
 
   // Two stages, one barrier per chunk: chunk c + 1 is loaded while chunk c is multiplied, then
@@ -203,8 +179,7 @@ __global__ void __launch_bounds__(cqr::kThreads, 1) gram_partials_kernel(const _
     }
     __syncthreads();
   }
-  acc.combine_halves(shared);
-  if (acc.k_half != 0 || idle) return;
+  if (idle) return;
   double* out = p.out[blockIdx.y];
   const std::int64_t ld = p.out_ld[blockIdx.y];
 #pragma unroll
@@ -245,11 +220,11 @@ struct ApplyInverseParams {
 /// Grid row_tiles * col_tiles (the widest column blocks first), block cqr::kThreads,
 /// cqr::shared_bytes(Stages) of dynamic shared memory.
 template <class Out, int Stages>
-__global__ void __launch_bounds__(cqr::kThreads, 1) apply_inverse_kernel(const __grid_constant__ ApplyInverseParams<Out> p) {
+__global__ void __launch_bounds__(cqr::kThreads, cqr::kMinBlocksPerSm) apply_inverse_kernel(const __grid_constant__ ApplyInverseParams<Out> p) {
   using namespace cqr;
   extern __shared__ double shared[];
-  // Stage s: the Z tile [64 k][68 rows] at shared + s * kStageDoubles, then the L^{-1} tile
-  // [64 k][68 columns of V].
+  // Stage s: the Z tile [32 k][68 rows] at shared + s * kStageDoubles, then the L^{-1} tile
+  // [32 k][68 columns of V].
   const int col_block = p.col_tiles - 1 - int(blockIdx.x) / p.row_tiles;
   const int row_block = int(blockIdx.x) % p.row_tiles;
   const std::int64_t t_base = std::int64_t(row_block) * kTile;
@@ -258,52 +233,71 @@ __global__ void __launch_bounds__(cqr::kThreads, 1) apply_inverse_kernel(const _
   const int k_end = j_base + kTile < p.k ? j_base + kTile : p.k;
   Quadrant acc;
 
-  // Thread x stages tile row/column m = x % 64 at k offsets x / 64 + 4 c of each chunk.
-  constexpr int kPerThread = kChunk / 4;
+  // Thread x stages tile row/column m = x % 64 at k offsets x / 64 + 2 c of each chunk (a warp
+  // reads 128 or 256 contiguous bytes of a column): Z through registers (converted to fp64), the
+  // L^{-1} tile, fp64 already, by cp.async straight into shared memory (zero-filled outside it).
+  constexpr int kLanesAlongK = kThreads / kTile, kPerThread = kChunk / kLanesAlongK;
   const int m = int(threadIdx.x) % kTile, k_lane = int(threadIdx.x) / kTile;
   const bool row_ok = t_base + m < p.rows, col_ok = j_base + m < p.k;
-  const float* z_at = p.z + (t_base + (row_ok ? m : 0)) + std::int64_t(k_lane) * p.ld_z;
-  const double* w_at = p.w + (col_ok ? j_base + m : 0) + std::int64_t(k_lane) * p.ld_w;
+  const std::int64_t ld_z = p.ld_z, ld_w = p.ld_w;
+  const int k = p.k;
+  const float* z_at = p.z + (t_base + (row_ok ? m : 0)) + std::int64_t(k_lane) * ld_z;
+  const double* w_at = p.w + (col_ok ? j_base + m : 0) + std::int64_t(k_lane) * ld_w;
   float va[kPerThread];
-  double vb[kPerThread];
-  auto load = [&](int i0) {
+  auto load_z = [&](int i0) {
+    const float* z_chunk = z_at + std::int64_t(i0) * ld_z;
+#pragma unroll
+    for (int c = 0; c < kPerThread; ++c)
+      va[c] = row_ok && i0 + k_lane + kLanesAlongK * c < k ? z_chunk[c * kLanesAlongK * ld_z] : 0.0f;
+  };
+  auto store_z = [&](int stage) {
+    double* sa = shared + stage * kStageDoubles + k_lane * kMMajorLd + m;
+#pragma unroll
+    for (int c = 0; c < kPerThread; ++c) sa[kLanesAlongK * c * kMMajorLd] = double(va[c]);
+  };
+  auto copy_w_async = [&](int i0, int stage) {
+    double* sb = shared + stage * kStageDoubles + kChunk * kMMajorLd + k_lane * kMMajorLd + m;
+    const double* w_chunk = w_at + std::int64_t(i0) * ld_w;
 #pragma unroll
     for (int c = 0; c < kPerThread; ++c) {
-      const int i = i0 + k_lane + 4 * c;
-      va[c] = row_ok && i < p.k ? z_at[std::int64_t(i0 + 4 * c) * p.ld_z] : 0.0f;
-      vb[c] = col_ok && i < p.k ? w_at[std::int64_t(i0 + 4 * c) * p.ld_w] : 0.0;
+      const bool ok = col_ok && i0 + k_lane + kLanesAlongK * c < k;
+      const auto dst = unsigned(__cvta_generic_to_shared(sb + kLanesAlongK * c * kMMajorLd));
+      asm volatile("cp.async.ca.shared.global [%0], [%1], 8, %2;" ::"r"(dst),
+                   "l"(ok ? w_chunk + c * kLanesAlongK * ld_w : p.w), "r"(ok ? 8 : 0));
     }
+    asm volatile("cp.async.commit_group;" ::: "memory");
   };
-  auto store = [&](int stage) {
-    double* sa = shared + stage * kStageDoubles;
-    double* sb = sa + kChunk * kMMajorLd;
-#pragma unroll
-    for (int c = 0; c < kPerThread; ++c) {
-      sa[(k_lane + 4 * c) * kMMajorLd + m] = double(va[c]);
-      sb[(k_lane + 4 * c) * kMMajorLd + m] = vb[c];
-    }
-  };
+  auto wait_w = [] { asm volatile("cp.async.wait_all;" ::: "memory"); };
 
-  // Two stages, one barrier per chunk; one stage, two (as gram_partials_kernel).
+  // Two stages, one barrier per chunk; one stage, two (as gram_partials_kernel). The copies of
+  // chunk c + 1 go to the stage last read before the previous barrier, and have landed (each
+  // thread waits for its own) before the barrier that ends chunk c.
   const int chunks = (k_end + kChunk - 1) / kChunk;
-  load(0);
-  store(0);
+  copy_w_async(0, 0);
+  load_z(0);
+  store_z(0);
+  wait_w();
   __syncthreads();
   for (int c = 0; c < chunks; ++c) {
     const bool more = c + 1 < chunks;
-    if (more) load((c + 1) * kChunk);
+    if (more) {
+      load_z((c + 1) * kChunk);
+      if constexpr (Stages == 2) copy_w_async((c + 1) * kChunk, 1 - c % 2);
+    }
     const double* sa = shared + (c % Stages) * kStageDoubles;
     const double* sb = sa + kChunk * kMMajorLd;
     acc.multiply([&](int row, int k) { return sa[k * kMMajorLd + row]; },
                  [&](int col, int k) { return sb[k * kMMajorLd + col]; });
     if (more) {
-      if constexpr (Stages == 1) __syncthreads();
-      store((c + 1) % Stages);
+      if constexpr (Stages == 1) {
+        __syncthreads();
+        copy_w_async((c + 1) * kChunk, 0);
+      }
+      store_z((c + 1) % Stages);
+      wait_w();
     }
     __syncthreads();
   }
-  acc.combine_halves(shared);
-  if (acc.k_half != 0) return;
 #pragma unroll
   for (int mi = 0; mi < 2; ++mi)
 #pragma unroll
