@@ -22,12 +22,12 @@ int multiprocessors() {
 }
 
 /// Row slices for `tiles` output tiles: the count (1-4) whose CTAs finish soonest, counting whole
-/// waves of cqr::kMinBlocksPerSm CTAs per multiprocessor (a slice's work shrinks as 1 / splits);
+/// waves of cqr::kGramBlocksPerSm CTAs per multiprocessor (a slice's work shrinks as 1 / splits);
 /// ties to fewer. Not the occupancy the device reports: the count, and so the bits of the sum,
 /// must not depend on the launch's shared-memory stages.
 int choose_splits(int tiles, std::int64_t rows, int sms, int max_splits) {
   const std::int64_t max_by_rows = std::max<std::int64_t>(1, rows / (4 * cqr::kChunk));
-  const std::int64_t slots = std::int64_t(sms) * cqr::kMinBlocksPerSm;
+  const std::int64_t slots = std::int64_t(sms) * cqr::kGramBlocksPerSm;
   int best = 1;
   double best_time = 1e300;
   for (int s = 1; s <= std::min<std::int64_t>(max_splits, max_by_rows); ++s) {
@@ -41,26 +41,31 @@ int choose_splits(int tiles, std::int64_t rows, int sms, int max_splits) {
   return best;
 }
 
-/// Stages of the launch: `requested` (1 or 2), or with 0 as many as the device's shared memory holds.
-int stages_for(int requested, const char* who) {
-  XKV_REQUIRE(requested >= 0 && requested <= 2, who << ": stages=" << requested << ", expected 0, 1 or 2");
+/// Stages of the launch: `requested` (2 or 4), or with 0 four where the device's shared memory
+/// per block holds them (`bytes_of(4)`), else two.
+template <class BytesOf>
+int stages_for(int requested, BytesOf bytes_of, const char* who) {
+  XKV_REQUIRE(requested == 0 || requested == 2 || requested == 4,
+              who << ": stages=" << requested << ", expected 0, 2 or 4");
   int device = 0, optin = 0;
   XKV_CUDA_CHECK(cudaGetDevice(&device));
   XKV_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
-  const int stages = requested > 0 ? requested : (std::size_t(optin) >= cqr::shared_bytes(2) ? 2 : 1);
-  XKV_CHECK(std::size_t(optin) >= cqr::shared_bytes(stages), Device,
-            who << ": " << stages << " stage(s) need " << cqr::shared_bytes(stages)
+  const int stages = requested > 0 ? requested : (std::size_t(optin) >= bytes_of(4) ? 4 : 2);
+  XKV_CHECK(std::size_t(optin) >= bytes_of(stages), Device,
+            who << ": " << stages << " stages need " << bytes_of(stages)
                 << " bytes of shared memory per block, the device allows " << optin);
   return stages;
 }
 
-/// Launches kernel<Stages> after opting in to its shared memory (per device; cheap to repeat).
+/// Launches `kernel` after opting in to its shared memory (per device; cheap to repeat).
 template <class Kernel, class Params>
-void launch(Kernel kernel, int stages, dim3 grid, const Params& p, cudaStream_t stream) {
-  XKV_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(cqr::shared_bytes(stages))));
-  kernel<<<grid, cqr::kThreads, cqr::shared_bytes(stages), stream>>>(p);
+void launch(Kernel kernel, std::size_t shared_bytes, dim3 grid, const Params& p, cudaStream_t stream) {
+  XKV_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(shared_bytes)));
+  kernel<<<grid, cqr::kThreads, shared_bytes, stream>>>(p);
   XKV_CUDA_CHECK(cudaGetLastError());
 }
+
+bool aligned16(const void* p) { return reinterpret_cast<std::uintptr_t>(p) % 16 == 0; }
 
 }  // namespace
 
@@ -86,8 +91,11 @@ void basis_gram(const float* z, std::int64_t rows, int k, double* g, const GramS
     p.out_ld[s] = scratch.padded;
   }
   const dim3 grid(unsigned(tiles), unsigned(p.splits));
-  if (stages_for(stages, "basis_gram") == 2) launch(gram_partials_kernel<2>, 2, grid, p, stream);
-  else launch(gram_partials_kernel<1>, 1, grid, p, stream);
+  const int ring = stages_for(stages, cqr::gram_shared_bytes, "basis_gram");
+  const std::size_t bytes = cqr::gram_shared_bytes(ring);
+  const bool vec = aligned16(z) && rows % 4 == 0;
+  if (ring == 4) launch(vec ? gram_partials_kernel<4, 4> : gram_partials_kernel<4, 1>, bytes, grid, p, stream);
+  else launch(vec ? gram_partials_kernel<2, 4> : gram_partials_kernel<2, 1>, bytes, grid, p, stream);
   if (p.splits > 1) {
     const dim3 block(32, 8), grid(unsigned((k + 31) / 32), unsigned((k + 7) / 8));
     add_partials_kernel<<<grid, block, 0, stream>>>(p);
@@ -114,8 +122,13 @@ void apply_inverse(const float* z, std::int64_t rows, int k, const CholeskyWorks
   const std::int64_t blocks = std::int64_t(p.row_tiles) * p.col_tiles;
   XKV_REQUIRE(blocks < (std::int64_t(1) << 31), "apply_inverse: rows=" << rows << ", k=" << k << " is too large");
   const dim3 grid{unsigned(blocks)};
-  if (stages_for(stages, "apply_inverse") == 2) launch(apply_inverse_kernel<Out, 2>, 2, grid, p, stream);
-  else launch(apply_inverse_kernel<Out, 1>, 1, grid, p, stream);
+  const int ring = stages_for(stages, cqr::apply_shared_bytes, "apply_inverse");
+  const std::size_t bytes = cqr::apply_shared_bytes(ring);
+  const bool vec = aligned16(z) && rows % 4 == 0 && aligned16(chol.w) && chol.padded % 2 == 0;
+  if (ring == 4)
+    launch(vec ? apply_inverse_kernel<Out, 4, 4> : apply_inverse_kernel<Out, 4, 1>, bytes, grid, p, stream);
+  else
+    launch(vec ? apply_inverse_kernel<Out, 2, 4> : apply_inverse_kernel<Out, 2, 1>, bytes, grid, p, stream);
 }
 
 template void apply_inverse<float>(const float*, std::int64_t, int, const CholeskyWorkspace&, float*, cudaStream_t,

@@ -34,8 +34,9 @@ struct GramScratch {
 /// g (k x k, column-major, ld k; upper triangle only) = Z^T Z for Z (rows x k, fp32, column-major,
 /// ld rows), summed in fp64. The row slices' partial sums go to g and the buffers of `scratch` and
 /// are added in a fixed order: the result is the same bits every run on one device. Asynchronous
-/// on `stream`. `stages`: shared memory stages of the launch (1 or 2; 0: two where the device's
-/// shared memory per block holds them, ~74 KB); the bits do not depend on it.
+/// on `stream`. `stages`: depth of the launch's ring of shared-memory stages (2 or 4; 0: four where
+/// the device's shared memory per block holds them, 72 KB here and 104 KB for apply_inverse); the
+/// bits do not depend on it.
 void basis_gram(const float* z, std::int64_t rows, int k, double* g, const GramScratch& scratch,
                 cudaStream_t stream, int stages = 0);
 

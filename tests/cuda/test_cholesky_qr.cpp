@@ -1,7 +1,7 @@
 // The fp64 tensor-core products of a GPU CholeskyQR step (cuda/svd/cholesky_qr.hpp), straight
 // from an fp32 basis Z: the Gram Z^T Z (row slices summed in a fixed order) and V = Z L^{-T}
 // against fp64 CPU references at awkward sizes, poisoned outputs, upper triangle only, the same
-// bits run to run and with one or two shared-memory stages, bad arguments named. Skips without a
+// bits run to run and with rings of two or four shared-memory stages, bad arguments named. Skips without a
 // CUDA device.
 #include <gtest/gtest.h>
 
@@ -40,7 +40,8 @@ struct Sizes {
   std::int64_t rows;
   int k;
 };
-const Sizes kSizes[] = {{1, 1}, {33, 24}, {65, 100}, {1100, 100}, {777, 130}, {4096, 130}, {2048, 512}};
+// Rows a multiple of 4 take the 16-byte copies (k = 77: a pair of L^{-1} columns cut at k), others 4-byte ones.
+const Sizes kSizes[] = {{1, 1}, {33, 24}, {65, 100}, {1100, 100}, {777, 130}, {4096, 130}, {1024, 77}, {2048, 512}};
 
 /// g = Z^T Z on the device with `buffers` scratch buffers for the row slices (0-3): g and the
 /// scratch poisoned with NaN first.
@@ -87,8 +88,8 @@ TEST(GpuCholeskyQr, GramOfAnFp32BasisMatchesFp64) {
       EXPECT_TRUE(lower_untouched) << "only the upper triangle is written; scratch buffers " << buffers;
     }
     // Fixed tiles and a fixed order for the row slices' partial sums: the same bits again, and
-    // with one shared-memory stage (devices with less shared memory) as with two.
-    for (const int stages : {2, 1}) {
+    // with a ring of two shared-memory stages (devices with less shared memory) as with four.
+    for (const int stages : {4, 2}) {
       const std::vector<double> again = gram_on_device(z, s.rows, s.k, stages);
       for (int j = 0; j < s.k; ++j)
         for (int i = 0; i <= j; ++i)
@@ -140,7 +141,7 @@ void check_apply(const Sizes s, double tolerance, int stages) {
 TEST(GpuCholeskyQr, ApplyInverseMatchesFp64) {
   XKV_SKIP_WITHOUT_GPU();
   for (const Sizes s : kSizes)
-    for (const int stages : {2, 1}) {
+    for (const int stages : {4, 2}) {
       check_apply<float>(s, 1e-6, stages);
       check_apply<__half>(s, 1e-3, stages);
       check_apply<__nv_bfloat16>(s, 1e-2, stages);
@@ -162,6 +163,8 @@ TEST(GpuCholeskyQr, BadArgumentsAreNamed) {
     return std::string("no error");
   };
   EXPECT_NE(message([&] { cuda::detail::basis_gram(z.get(), 8, 8, g.get(), slices, nullptr, 3); }).find("stages=3"),
+            std::string::npos);
+  EXPECT_NE(message([&] { cuda::detail::apply_inverse(z.get(), 8, 8, ws, z.get(), nullptr, 1); }).find("stages=1"),
             std::string::npos);
   EXPECT_NE(message([&] { cuda::detail::basis_gram(z.get(), 8, 33, g.get(), slices, nullptr); }).find("k=33"),
             std::string::npos);
