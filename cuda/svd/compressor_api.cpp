@@ -149,10 +149,10 @@ void layout_gram(Plan& p, std::size_t st_bytes, Arena& arena) {
   p.off_partials = arena.take(std::size_t(chunks) * kSumBlocks * sizeof(double));
   p.off_filter = arena.take(p.chebyshev ? 2 * kFilterBlocks * sizeof(double) : 0);
   p.off_gram_scale = arena.take(sizeof(float));
-  // Tiles of 512: one batched GEMM over the upper tiles of G (D = 4096: 36 tiles, 36/64 of X^T X
-  // as with 8 block-rows) ran the whole model 1.1-1.4 ms faster than the block-rows' split-K GEMMs
-  // (docs/PERFORMANCE.md).
-  p.gram_tile = p.d % 512 == 0 && p.d >= 1024 ? 512 : 0;
+  // Tiles of 256: one batched GEMM over the upper tiles of G (D = 4096: 136 tiles, 136/256 of
+  // X^T X). Tiles of 512 (36/64, as 8 block-rows) ran the whole model 1.1-1.4 ms faster than the
+  // block-rows' split-K GEMMs, tiles of 256 another 0.3-0.5 ms (docs/PERFORMANCE.md).
+  p.gram_tile = p.d % 256 == 0 && p.d >= 1024 ? 256 : 0;
   const std::size_t tiles = p.gram_tile > 0 ? std::size_t(p.d / p.gram_tile) * std::size_t(p.d / p.gram_tile + 1) / 2 : 0;
   p.off_gram_pointers = arena.take(3 * tiles * sizeof(void*));
 }

@@ -340,7 +340,7 @@ TYPED_TEST(GpuSvdGram, BlockRowsAndChunksAtAwkwardSizes) {
   }
 }
 
-// D = 1024 (a multiple of 512): G is built from its 3 upper 512 x 512 tiles in one batched GEMM,
+// D = 1024 (a multiple of 256): G is built from its 10 upper 256 x 256 tiles in one batched GEMM,
 // here over several staged token chunks with a short last one (the operand pointers rewritten per
 // chunk) and in place. Plain rounds must agree with the sketches from the same start.
 TYPED_TEST(GpuSvdGram, UpperTilesOverChunks) {
