@@ -9,7 +9,8 @@
 //
 // In place: the fp16 matrix takes the first half of G's buffer, so fp16 column j overwrites fp32
 // columns j / 2. Columns [c0, c1) with c1 <= 2 c0 overwrite only fp32 columns below c0, which
-// earlier launches have read; the first block [0, w0) goes through a scratch buffer.
+// earlier launches have read; the first block [0, w0) goes through a scratch buffer. Only the
+// upper triangle is converted; the fp16 matrix is mirrored afterwards.
 //
 // Split (Fp16Split): s G = H + L with H = fp16(s G) and L = fp16(s G - H), the remainder (exact
 // in fp32, at most half an fp16 ulp of H, so L keeps 11 more bits: ~22 in all, about fp32's 24).
@@ -62,25 +63,21 @@ static __global__ void __launch_bounds__(256) half_scale_kernel(const float* __r
   }
 }
 
-/// out (d x (c1 - c0), fp16, column-major) = scale * G[:, c0:c1). `g` and `out` may share a
-/// buffer when out's bytes lie below column c0 of g (see the top of the file).
-static __global__ void to_half_columns_kernel(const float* g, std::int64_t d, std::int64_t c0, std::int64_t c1,
-                                              const float* __restrict__ scale, __half* out) {
+/// out (d x (c1 - c0), fp16, column-major) = scale * G[:, c0:c1), the upper triangle and the
+/// diagonal only (row i <= column j: all that the Gram's upper tiles wrote; mirror_upper_kernel
+/// then fills the rest of the fp16 matrix, at half the bytes of mirroring in fp32). Grid (row
+/// blocks, c1 - c0). `g` and `out` may share a buffer when out's bytes lie below column c0 of g
+/// (see the top of the file).
+static __global__ void to_half_upper_kernel(const float* g, std::int64_t d, std::int64_t c0,
+                                            const float* __restrict__ scale, __half* out) {
   const float s = *scale;
-  const float* src = g + c0 * d;
-  const std::int64_t count = (c1 - c0) * d;
-  const std::int64_t first = blockIdx.x * std::int64_t(blockDim.x) + threadIdx.x;
-  const std::int64_t stride = std::int64_t(gridDim.x) * blockDim.x;
-  if (count % 2 == 0 && (c0 * d) % 2 == 0) {  // pairs: 8-byte loads, 4-byte stores
-    const auto* src2 = reinterpret_cast<const float2*>(src);
-    auto* out2 = reinterpret_cast<__half2*>(out);
-    for (std::int64_t i = first; i < count / 2; i += stride) {
-      const float2 v = src2[i];
-      out2[i] = __floats2half2_rn(v.x * s, v.y * s);
-    }
-  } else {
-    for (std::int64_t i = first; i < count; i += stride) out[i] = __float2half_rn(src[i] * s);
-  }
+  const std::int64_t j = c0 + blockIdx.y;
+  const std::int64_t rows = j + 1 < d ? j + 1 : d;
+  const float* src = g + j * d;
+  __half* dst = out + std::int64_t(blockIdx.y) * d;
+  for (std::int64_t i = blockIdx.x * std::int64_t(blockDim.x) + threadIdx.x; i < rows;
+       i += std::int64_t(gridDim.x) * blockDim.x)
+    dst[i] = __float2half_rn(src[i] * s);
 }
 
 /// Column blockIdx.x of G (d x d, fp32, column-major) -> its fp16 pair (H_j, L_j) in the same

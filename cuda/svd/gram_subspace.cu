@@ -92,9 +92,12 @@ void gram_of_x(CompressorState& st, const Plan& plan, const LayerTable<T>& tab, 
            g + a0 + a0 * d, CUDA_R_32F, d, fast_compute<T>());
     }
   }
-  const dim3 tiles_grid(unsigned((d + 31) / 32), unsigned((d + 31) / 32));
-  mirror_upper_kernel<<<tiles_grid, dim3(32, 8), 0, stream>>>(g, d);
-  check_launch();
+  // The fp16 rounds mirror G after converting it (half the bytes); the others need it whole now.
+  if (!plan.gram_half || plan.gram_split) {
+    const dim3 tiles_grid(unsigned((d + 31) / 32), unsigned((d + 31) / 32));
+    mirror_upper_kernel<float><<<tiles_grid, dim3(32, 8), 0, stream>>>(g, d);
+    check_launch();
+  }
 }
 
 /// The G V products' operands (GramPrecision): G and the basis in fp32 on the TF32 tensor cores,
@@ -141,9 +144,9 @@ void round_product(CompressorState& st, const Plan& plan, int round, const Round
   multiply_gram(st, op, d, r, 1.0f, z);
 }
 
-/// GramPrecision::Fp16: G (fp32, mirrored) -> scale * G in fp16 in the first half of its own
-/// buffer (gram_half_kernels.cuh); `scratch` (scratch_floats fp32, here Z, which no round has
-/// written yet) carries the first block of columns.
+/// GramPrecision::Fp16: G (fp32, upper triangle) -> scale * G in fp16 in the first half of its own
+/// buffer (gram_half_kernels.cuh), then mirrored there; `scratch` (scratch_floats fp32, here Z,
+/// which no round has written yet) carries the first block of columns.
 void gram_to_half(float* gram, std::int64_t d, float* scale, float* scratch, std::int64_t scratch_floats,
                   cudaStream_t stream) {
   half_scale_kernel<<<1, 256, 0, stream>>>(gram, d, scale);
@@ -151,7 +154,9 @@ void gram_to_half(float* gram, std::int64_t d, float* scale, float* scratch, std
   auto* half_gram = reinterpret_cast<__half*>(gram);
   const std::int64_t first = std::clamp<std::int64_t>(2 * scratch_floats / d, 1, d);
   const auto convert_columns = [&](std::int64_t c0, std::int64_t c1, __half* out) {
-    to_half_columns_kernel<<<grid_for((c1 - c0) * d / 2 + 1), kThreads, 0, stream>>>(gram, d, c0, c1, scale, out);
+    XKV_REQUIRE(c1 - c0 <= 65535, "gram_to_half: " << c1 - c0 << " columns in one launch (d=" << d << ")");
+    const dim3 grid(unsigned(std::min<std::int64_t>((c1 + kThreads - 1) / kThreads, 64)), unsigned(c1 - c0));
+    to_half_upper_kernel<<<grid, kThreads, 0, stream>>>(gram, d, c0, scale, out);
     check_launch();
   };
   convert_columns(0, first, reinterpret_cast<__half*>(scratch));
@@ -162,6 +167,9 @@ void gram_to_half(float* gram, std::int64_t d, float* scale, float* scratch, std
     convert_columns(c0, c1, half_gram + c0 * d);
     c0 = c1;
   }
+  const dim3 tiles_grid(unsigned((d + 31) / 32), unsigned((d + 31) / 32));
+  mirror_upper_kernel<__half><<<tiles_grid, dim3(32, 8), 0, stream>>>(half_gram, d);
+  check_launch();
 }
 
 /// GramPrecision::Fp16Split: G (fp32, mirrored) -> the pair (H, L) of scale * G, column by column
