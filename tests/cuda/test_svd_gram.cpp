@@ -218,7 +218,7 @@ TEST(GpuSvdGramPrecision, Fp16RoundsMatchTf32Rounds) {
 // The power-of-two scale that brings G into fp16's range: inputs scaled by 2^-50 and 2^50 (G by
 // 2^-100 and 2^100, far outside fp16, inside fp32) give the same fp16 G bit for bit, so the same
 // basis, and A scaled exactly. Without the scale G would round to zeros or infinities. D = 3 x 85
-// (odd: the conversion's unpaired path), r = 20 (the first column block goes through the scratch,
+// (odd: the fp16 mirror's last tiles are partial), r = 20 (the first column block goes through the scratch,
 // 2 r = 40 wide, then blocks of 40, 80 and 95 columns in place).
 TEST(GpuSvdGramPrecision, InputScaleDoesNotMatter) {
   XKV_SKIP_WITHOUT_GPU();
