@@ -173,6 +173,41 @@ void micro(std::int64_t d, int k, std::int64_t rows) {
         xkv::cuda::detail::basis_gram(z.get(), d, k, g.get(), xkv::cuda::detail::GramScratch(sws, g.get()), stream.get()); }));
       std::printf("  xkv apply_inverse D x k     %8.3f ms\n", time_ms(stream.get(), [&] {
         xkv::cuda::detail::apply_inverse(z.get(), d, k, cws, v32.get(), stream.get()); }));
+      {  // as a lockstep round runs them: 8 jobs' products at once, each on its own stream and basis
+        constexpr int kJobs = 8;
+        std::vector<xkv::cuda::Stream> lanes(kJobs);
+        std::vector<xkv::cuda::DeviceBuffer<float>> zs, vs;
+        std::vector<xkv::cuda::DeviceBuffer<double>> gs, scratches;
+        for (int j = 0; j < kJobs; ++j) {
+          zs.emplace_back(z.size());
+          XKV_CUDA_CHECK(cudaMemcpy(zs.back().get(), z.get(), z.bytes(), cudaMemcpyDeviceToDevice));
+          vs.emplace_back(std::size_t(d) * k);
+          gs.emplace_back(std::size_t(k) * k);
+          scratches.emplace_back(xkv::cuda::detail::CholeskyWorkspace::doubles(k));
+        }
+        cudaEvent_t fork = nullptr;
+        std::vector<cudaEvent_t> joins(kJobs, nullptr);
+        XKV_CUDA_CHECK(cudaEventCreateWithFlags(&fork, cudaEventDisableTiming));
+        for (auto& e : joins) XKV_CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+        const auto side_by_side = [&](auto&& product) {
+          XKV_CUDA_CHECK(cudaEventRecord(fork, stream.get()));
+          for (int j = 0; j < kJobs; ++j) {
+            XKV_CUDA_CHECK(cudaStreamWaitEvent(lanes[j].get(), fork));
+            product(j, lanes[j].get());
+            XKV_CUDA_CHECK(cudaEventRecord(joins[j], lanes[j].get()));
+            XKV_CUDA_CHECK(cudaStreamWaitEvent(stream.get(), joins[j]));
+          }
+        };
+        std::printf("  xkv basis_gram, 8 at once   %8.3f ms\n", time_ms(stream.get(), [&] {
+          side_by_side([&](int j, cudaStream_t s) {
+            const auto scratch_ws = xkv::cuda::detail::CholeskyWorkspace::carve(scratches[j].get(), k);
+            xkv::cuda::detail::basis_gram(zs[j].get(), d, k, gs[j].get(), xkv::cuda::detail::GramScratch(scratch_ws, gs[j].get()), s);
+          }); }));
+        std::printf("  xkv apply_inverse, 8 at once %7.3f ms\n", time_ms(stream.get(), [&] {
+          side_by_side([&](int j, cudaStream_t s) { xkv::cuda::detail::apply_inverse(zs[j].get(), d, k, cws, vs[j].get(), s); }); }));
+        (void)cudaEventDestroy(fork);
+        for (auto& e : joins) (void)cudaEventDestroy(e);
+      }
     }
     std::printf("  Dpotrf fp64 k, non-deterministic mode (+copy) %8.3f ms\n", [&] {
       XKV_CUDA_CHECK(cusolverDnSetDeterministicMode(solver, CUSOLVER_ALLOW_NON_DETERMINISTIC_RESULTS));

@@ -20,6 +20,8 @@
 
 namespace xkv::cuda::detail {
 
+inline constexpr int kFilterLanes = 4;  ///< independent partial sums per thread in filter_traces_kernel
+
 /// partial[blockIdx.x] = this block's share of trace V^T P = sum_i v_i p_i, and
 /// partial[kFilterBlocks + blockIdx.x] its share of trace G (G: d x d, column-major with leading
 /// dimension ld; plus gram_lo, the split G's remainder, when not null), both in fp64 and a fixed
@@ -32,8 +34,19 @@ __global__ void __launch_bounds__(256) filter_traces_kernel(const Basis* __restr
                                                             std::int64_t ld, double* __restrict__ partial) {
   const std::int64_t first = blockIdx.x * std::int64_t(blockDim.x) + threadIdx.x;
   const std::int64_t stride = std::int64_t(gridDim.x) * blockDim.x;
-  double captured = 0, total = 0;
-  for (std::int64_t i = first; i < count; i += stride) captured += to_f64(v[i]) * double(p[i]);
+  // Four independent sums per thread, so that four pairs of loads are in flight at once (one
+  // dependent chain per thread over 256 blocks left the kernel latency-bound: 18.3 us for a
+  // 4096 x 512 basis on the H200, 8.9 us now); added in a fixed order.
+  double part[kFilterLanes] = {};
+  for (std::int64_t i = first; i < count; i += kFilterLanes * stride) {
+#pragma unroll
+    for (int u = 0; u < kFilterLanes; ++u) {
+      const std::int64_t at = i + u * stride;
+      if (at < count) part[u] += to_f64(v[at]) * double(p[at]);
+    }
+  }
+  static_assert(kFilterLanes == 4, "the sums below");
+  double captured = (part[0] + part[1]) + (part[2] + part[3]), total = 0;
   for (std::int64_t j = first; j < d; j += stride)
     total += to_f64(gram[j + j * ld]) + (gram_lo ? to_f64(gram_lo[j + j * ld]) : 0.0);
   __shared__ double red[2][256];
@@ -61,7 +74,7 @@ __global__ void __launch_bounds__(256) filter_operands_kernel(float* __restrict_
                                                               std::int64_t d, int r) {
   __shared__ float coeff[3];
   double captured = 0, total = 0;
-  if (threadIdx.x < 32) {  // warp 0: eight partials per lane, then a fixed shuffle tree
+  if (threadIdx.x < 32) {  // warp 0: kFilterBlocks / 32 partials per lane, then a fixed shuffle tree
     for (int i = int(threadIdx.x); i < kFilterBlocks; i += 32) {
       captured += partial[i];
       total += partial[kFilterBlocks + i];

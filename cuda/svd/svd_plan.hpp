@@ -25,7 +25,9 @@ inline constexpr int kNonFiniteSlot = kInfoSlots - 1;
 inline constexpr int kNonFiniteInput = -1000;  ///< status word: X held NaN or Inf
 /// q Cholesky words + Rayleigh-Ritz Cholesky + eigensolver must fit below kNonFiniteSlot.
 inline constexpr int kMaxPowerIterations = kNonFiniteSlot - 2;
-inline constexpr int kFilterBlocks = 256;  ///< partial sums of the Chebyshev filter's traces (fixed: deterministic)
+/// Partial sums of the Chebyshev filter's traces (fixed: deterministic); 1024 blocks of 256 threads
+/// keep enough loads in flight to stream the basis (chebyshev_kernels.cuh).
+inline constexpr int kFilterBlocks = 1024;
 /// GramPrecision::Fp16Split rewrites each column of G through a block's shared memory (at most
 /// 192 KiB of fp32 on sm_90; more than any group of the models in view needs).
 inline constexpr std::int64_t kMaxSplitGramWidth = 49152;
