@@ -9,6 +9,7 @@
 #include <cstring>
 #include <memory>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "xkv/cuda/check.hpp"
@@ -171,8 +172,9 @@ void BM_CublasGemm(benchmark::State& state, Shape s) {
 // A decode step's gathered reconstructs for a whole model: 32 layers in 8 groups of 4 (one A of
 // n x r per group, one B and B^T per layer), the same 2048 tokens selected in each, every layer
 // written to its own output, launched back to back between two events after one L2 flush.
-// Manual time = the sequence over 32, the time per layer when launches follow each other.
-void BM_GatheredDecodeSequence(benchmark::State& state) {
+// Manual time = the sequence over 32, the time per layer when launches follow each other. With
+// inputs_ready each layer reads its factors and the index list while the previous one finishes.
+void BM_GatheredDecodeSequence(benchmark::State& state, bool inputs_ready) {
   if (!xkv::cuda::device_available()) {
     state.SkipWithError("no CUDA device");
     return;
@@ -209,6 +211,7 @@ void BM_GatheredDecodeSequence(benchmark::State& state) {
     p.token_indices = in.idx.get();
     p.rope = xkv::RopeConfig{};
     p.out = xkv::cuda::OutputSpec::token_major(out.back().get(), s.gather, s.heads, s.d);
+    p.inputs_ready = inputs_ready;  // the factors and the index list exist before the step
     ops.emplace_back(p);
   }
   xkv::cuda::EventTimer timer;
@@ -272,9 +275,11 @@ void register_all() {
     benchmark::RegisterBenchmark(name("xkv", s).c_str(), BM_Reconstruct, s)
         ->UseManualTime()->Unit(benchmark::kMicrosecond)->Iterations(30)->Repetitions(3)->ReportAggregatesOnly(true);
   }
-  benchmark::RegisterBenchmark("xkv/n:131072/gather:2048/r:512/H:8/d:128/bf16/rope/per_layer_of_32_back_to_back",
-                               BM_GatheredDecodeSequence)
-      ->UseManualTime()->Unit(benchmark::kMicrosecond)->Iterations(20)->Repetitions(3)->ReportAggregatesOnly(true);
+  for (const bool ready : {false, true})
+    benchmark::RegisterBenchmark(("xkv/n:131072/gather:2048/r:512/H:8/d:128/bf16/rope/per_layer_of_32_back_to_back" +
+                                  std::string(ready ? "/inputs_ready" : "")).c_str(),
+                                 BM_GatheredDecodeSequence, ready)
+        ->UseManualTime()->Unit(benchmark::kMicrosecond)->Iterations(20)->Repetitions(3)->ReportAggregatesOnly(true);
   benchmark::RegisterBenchmark("launch_floor/memset16", BM_LaunchFloor)
       ->UseManualTime()->Unit(benchmark::kMicrosecond)->Iterations(30)->Repetitions(3)->ReportAggregatesOnly(true);
 }

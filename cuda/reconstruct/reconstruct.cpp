@@ -175,6 +175,7 @@ void Reconstruct::run(cudaStream_t stream) const {
   args.output_rows = p.output_rows;
   args.output_row_offset = p.output_row_offset;
   args.error_flag = p.error_flag;
+  args.early_reads = p.inputs_ready ? 1 : 0;
 
   const detail::RopeMode mode = rope_mode(p);
   const bool bf16 = p.dtype == ScalarType::BFloat16;

@@ -1,8 +1,9 @@
 // Gathered decode-sized selections (1100-2048 tokens of 8 column tiles): on an H200 they take the
 // wgmma kernel's 128-row tiles (more 64-row tiles than SMs), which the short gathered tests do not
 // reach. Ranks of 2 and 9 k steps, computed and tabulated cos/sin, both pair styles; and positions
-// outside a caller's table on every kernel (NaN rows, kBadPosition); and a launch right behind a
-// kernel that writes its input late (the gathered kernels launch as programmatic dependents).
+// outside a caller's table on every kernel (NaN rows, kBadPosition); and launches right behind
+// kernels that write late (the gathered kernels launch as programmatic dependents): their input,
+// or with inputs_ready their output and error flag.
 #include <cmath>
 #include <cstdint>
 #include <vector>
@@ -109,101 +110,152 @@ TEST(CudaReconstruct, PositionsOutsideTheTableGiveNaNAndFlag) {
   }
 }
 
+/// A decode-sized gathered launch (2048 of 3000 tokens, rank 128, 8 x 128, bf16, RoPE) behind
+/// kernels that let it launch at once and write ~20 us later (late_writer.cu). `bad_token`: one
+/// index out of range (its row NaN, kBadTokenIndex raised). run(enqueue) checks the output of
+/// direct launches and of the same replayed from a CUDA graph (a programmatic edge there), for
+/// every kernel path.
+struct BehindALateWriter {
+  static constexpr int d = 128, rank = 128, heads = 8;
+  static constexpr std::int64_t a_rows = 3000, tokens = 2048, bad_token = 5;
+  std::vector<std::uint16_t> a, b, bt;
+  std::vector<std::int64_t> idx;
+  std::vector<double> ref;
+  DeviceBuffer<std::uint16_t> a_source, b_d, bt_d, a_d, out;
+  DeviceBuffer<std::int64_t> idx_d;
+  DeviceBuffer<int> flag{1};
+  ReconstructParams p;
+
+  explicit BehindALateWriter(bool with_bad_token) {
+    Rng rng(0xB2B);
+    auto random_bits = [&](std::size_t count, double scale) {
+      std::vector<std::uint16_t> bits(count);
+      for (auto& v : bits) v = to_bits((rng.uniform() * 2.0 - 1.0) * scale, ScalarType::BFloat16);
+      return bits;
+    };
+    a = random_bits(std::size_t(a_rows) * rank, 1.0);
+    b = random_bits(std::size_t(rank) * heads * d, 0.1);
+    bt.resize(b.size());
+    for (int k = 0; k < rank; ++k)
+      for (int j = 0; j < heads * d; ++j) bt[std::size_t(j) * rank + k] = b[std::size_t(k) * heads * d + j];
+    for (std::int64_t t = 0; t < tokens; ++t) idx.push_back(static_cast<std::int64_t>(rng.uniform() * double(a_rows)));
+    if (with_bad_token) idx[std::size_t(bad_token)] = a_rows + 7;
+    a_source = upload(a);
+    b_d = upload(b);
+    bt_d = upload(bt);
+    idx_d = upload(idx);
+    a_d = DeviceBuffer<std::uint16_t>(a.size());
+    out = DeviceBuffer<std::uint16_t>(std::size_t(tokens) * heads * d);
+    p.a = a_d.get();
+    p.a_rows = a_rows;
+    p.lda = rank;
+    p.rank = rank;
+    p.b = b_d.get();
+    p.ldb = heads * d;
+    p.bt = bt_d.get();
+    p.ldbt = rank;
+    p.heads = heads;
+    p.head_dim = d;
+    p.tokens = tokens;
+    p.token_indices = idx_d.get();
+    p.rope = rope(xkv::RopeStyle::HalfSplit);
+    p.out = OutputSpec::token_major(out.get(), tokens, heads, d);
+    p.error_flag = flag.get();
+    const std::vector<double> inv_freq = p.rope.inverse_frequencies(d);
+    ref.assign(out.size(), 0.0);
+    for (std::int64_t t = 0; t < tokens; ++t) {
+      const std::int64_t token = idx[std::size_t(t)];
+      if (token >= a_rows) continue;
+      double* row = ref.data() + t * heads * d;
+      for (int j = 0; j < heads * d; ++j) {
+        double sum = 0.0;
+        for (int k = 0; k < rank; ++k)
+          sum += from_bits(a[std::size_t(token * rank + k)], ScalarType::BFloat16) *
+                 from_bits(b[std::size_t(k * heads * d + j)], ScalarType::BFloat16);
+        row[j] = sum;
+      }
+      for (int h = 0; h < heads; ++h) xkv::apply_rope_head(row + h * d, d, token, p.rope.style, inv_freq);
+    }
+  }
+
+  /// enqueue(op, stream): the late writers, then op.run(stream).
+  template <class Enqueue>
+  void run(Enqueue enqueue, int expected_flag) {
+    for (const auto path : kernel_paths(Case{}))
+      for (bool captured : {false, true}) {  // direct launches, and the same replayed from a CUDA graph
+        p.kernel = path;
+        const xkv::cuda::Reconstruct op(p);
+        const xkv::cuda::Stream stream;
+        cudaGraphExec_t exec = nullptr;
+        if (captured) {
+          cudaGraph_t graph = nullptr;
+          XKV_CUDA_CHECK(cudaStreamBeginCapture(stream.get(), cudaStreamCaptureModeThreadLocal));
+          enqueue(op, stream.get());
+          XKV_CUDA_CHECK(cudaStreamEndCapture(stream.get(), &graph));
+          const cudaError_t made = cudaGraphInstantiate(&exec, graph, 0);
+          (void)cudaGraphDestroy(graph);
+          XKV_CUDA_CHECK(made);
+        }
+        for (int round = 0; round < 3; ++round) {
+          SCOPED_TRACE(::testing::Message() << "path " << int(path) << " graph " << captured << " round " << round);
+          if (captured)
+            XKV_CUDA_CHECK(cudaGraphLaunch(exec, stream.get()));
+          else
+            enqueue(op, stream.get());
+          XKV_CUDA_CHECK(cudaStreamSynchronize(stream.get()));
+          EXPECT_EQ(download(flag, 1)[0], expected_flag);
+          const auto got = download(out, out.size());
+          double err = 0.0, norm = 0.0;
+          for (std::size_t i = 0; i < got.size(); ++i) {
+            const double v = from_bits(got[i], ScalarType::BFloat16);
+            if (idx[i / (heads * d)] >= a_rows) {
+              ASSERT_TRUE(std::isnan(v)) << "element " << i << " of the bad token's row";
+              continue;
+            }
+            ASSERT_TRUE(std::isfinite(v)) << "element " << i;
+            err += (v - ref[i]) * (v - ref[i]);
+            norm += ref[i] * ref[i];
+          }
+          EXPECT_LE(std::sqrt(err / norm), tolerance(ScalarType::BFloat16));
+        }
+        if (exec) XKV_CUDA_CHECK(cudaGraphExecDestroy(exec));
+      }
+  }
+};
+
 // The gathered kernels launch as programmatic dependents of the stream's previous kernel. Here
 // that kernel lets them launch at once and writes their A only ~20 us later (late_copy): they
 // must wait for it (griddepcontrol.wait) before reading anything, or they multiply the poison.
-// Also captured into a CUDA graph, as engines replay decode steps (a programmatic edge there).
 TEST(CudaReconstruct, DependentLaunchWaitsForThePreviousKernelsWrites) {
   SKIP_WITHOUT_GPU();
-  const int d = 128, rank = 128, heads = 8;
-  const std::int64_t a_rows = 3000, tokens = 2048;
-  Rng rng(0xB2B);
-  auto random_bits = [&](std::size_t count, double scale) {
-    std::vector<std::uint16_t> bits(count);
-    for (auto& v : bits) v = to_bits((rng.uniform() * 2.0 - 1.0) * scale, ScalarType::BFloat16);
-    return bits;
-  };
-  const auto a = random_bits(std::size_t(a_rows) * rank, 1.0);
-  const auto b = random_bits(std::size_t(rank) * heads * d, 0.1);
-  std::vector<std::uint16_t> bt(b.size());
-  for (int k = 0; k < rank; ++k)
-    for (int j = 0; j < heads * d; ++j) bt[std::size_t(j) * rank + k] = b[std::size_t(k) * heads * d + j];
-  std::vector<std::int64_t> idx;
-  for (std::int64_t t = 0; t < tokens; ++t) idx.push_back(static_cast<std::int64_t>(rng.uniform() * double(a_rows)));
-  const DeviceBuffer<std::uint16_t> a_source = upload(a), b_d = upload(b), bt_d = upload(bt);
-  const DeviceBuffer<std::int64_t> idx_d = upload(idx);
-  DeviceBuffer<std::uint16_t> a_d(a.size()), out(std::size_t(tokens) * heads * d);
+  BehindALateWriter c(false);
+  c.run([&](const xkv::cuda::Reconstruct& op, cudaStream_t stream) {
+    XKV_CUDA_CHECK(cudaMemsetAsync(c.a_d.get(), 0xff, c.a_d.bytes(), stream));  // NaN until late_copy
+    XKV_CUDA_CHECK(cudaMemsetAsync(c.out.get(), 0xff, c.out.bytes(), stream));
+    XKV_CUDA_CHECK(cudaMemsetAsync(c.flag.get(), 0, sizeof(int), stream));
+    xkv_test::late_copy(c.a_source.get(), c.a_d.get(), std::int64_t(c.a.size()), 40000, stream);
+    op.run(stream);
+  }, 0);
+}
 
-  ReconstructParams p;
-  p.a = a_d.get();
-  p.a_rows = a_rows;
-  p.lda = rank;
-  p.rank = rank;
-  p.b = b_d.get();
-  p.ldb = heads * d;
-  p.bt = bt_d.get();
-  p.ldbt = rank;
-  p.heads = heads;
-  p.head_dim = d;
-  p.tokens = tokens;
-  p.token_indices = idx_d.get();
-  p.rope = rope(xkv::RopeStyle::HalfSplit);
-  p.out = OutputSpec::token_major(out.get(), tokens, heads, d);
-  const std::vector<double> inv_freq = p.rope.inverse_frequencies(d);
-  std::vector<double> ref(out.size());
-  for (std::int64_t t = 0; t < tokens; ++t) {
-    double* row = ref.data() + t * heads * d;
-    for (int j = 0; j < heads * d; ++j) {
-      double sum = 0.0;
-      for (int k = 0; k < rank; ++k)
-        sum += from_bits(a[std::size_t(idx[std::size_t(t)] * rank + k)], ScalarType::BFloat16) *
-               from_bits(b[std::size_t(k * heads * d + j)], ScalarType::BFloat16);
-      row[j] = sum;
-    }
-    for (int h = 0; h < heads; ++h) xkv::apply_rope_head(row + h * d, d, idx[std::size_t(t)], p.rope.style, inv_freq);
-  }
-
-  for (const auto path : kernel_paths(Case{}))
-    for (bool captured : {false, true}) {  // direct launches, and the same replayed from a CUDA graph
-      p.kernel = path;
-      const xkv::cuda::Reconstruct op(p);
-      const xkv::cuda::Stream stream;
-      auto enqueue = [&] {
-        XKV_CUDA_CHECK(cudaMemsetAsync(a_d.get(), 0xff, a_d.bytes(), stream.get()));  // NaN until late_copy
-        XKV_CUDA_CHECK(cudaMemsetAsync(out.get(), 0xff, out.bytes(), stream.get()));
-        xkv_test::late_copy(a_source.get(), a_d.get(), std::int64_t(a.size()), 40000, stream.get());
-        op.run(stream.get());
-      };
-      cudaGraphExec_t exec = nullptr;
-      if (captured) {
-        cudaGraph_t graph = nullptr;
-        XKV_CUDA_CHECK(cudaStreamBeginCapture(stream.get(), cudaStreamCaptureModeThreadLocal));
-        enqueue();
-        XKV_CUDA_CHECK(cudaStreamEndCapture(stream.get(), &graph));
-        const cudaError_t made = cudaGraphInstantiate(&exec, graph, 0);
-        (void)cudaGraphDestroy(graph);
-        XKV_CUDA_CHECK(made);
-      }
-      for (int round = 0; round < 3; ++round) {
-        if (captured)
-          XKV_CUDA_CHECK(cudaGraphLaunch(exec, stream.get()));
-        else
-          enqueue();
-        XKV_CUDA_CHECK(cudaStreamSynchronize(stream.get()));
-        const auto got = download(out, out.size());
-        double err = 0.0, norm = 0.0;
-        for (std::size_t i = 0; i < got.size(); ++i) {
-          const double v = from_bits(got[i], ScalarType::BFloat16);
-          ASSERT_TRUE(std::isfinite(v)) << "path " << int(path) << " graph " << captured << " round " << round
-                                        << " element " << i;
-          err += (v - ref[i]) * (v - ref[i]);
-          norm += ref[i] * ref[i];
-        }
-        EXPECT_LE(std::sqrt(err / norm), tolerance(ScalarType::BFloat16))
-            << "path " << int(path) << " graph " << captured << " round " << round;
-      }
-      if (exec) XKV_CUDA_CHECK(cudaGraphExecDestroy(exec));
-    }
+// With inputs_ready the kernels read and multiply while the previous kernel still runs, but must
+// not write before it has completed: here that kernel writes NaN over their whole output, then
+// (a second late writer) zeroes their error flag, ~20 us after letting them launch. The output
+// and the flag raised by the bad token must be theirs.
+TEST(CudaReconstruct, EarlyInputReadsStillWriteAfterThePreviousKernel) {
+  SKIP_WITHOUT_GPU();
+  BehindALateWriter c(true);
+  c.p.inputs_ready = true;
+  XKV_CUDA_CHECK(cudaMemcpy(c.a_d.get(), c.a_source.get(), c.a_d.bytes(), cudaMemcpyDeviceToDevice));
+  const std::vector<std::uint16_t> nan(c.out.size(), 0x7fc0);  // bf16 NaN
+  const std::vector<std::uint16_t> zero(2, 0);
+  const DeviceBuffer<std::uint16_t> nan_d = upload(nan), zero_d = upload(zero);
+  c.run([&](const xkv::cuda::Reconstruct& op, cudaStream_t stream) {
+    XKV_CUDA_CHECK(cudaMemsetAsync(c.flag.get(), 0xff, sizeof(int), stream));  // all bits: the late zeroing must land first
+    xkv_test::late_copy(nan_d.get(), c.out.get(), std::int64_t(c.out.size()), 40000, stream);
+    xkv_test::late_copy(zero_d.get(), reinterpret_cast<std::uint16_t*>(c.flag.get()), 2, 40000, stream);
+    op.run(stream);
+  }, xkv::cuda::kBadTokenIndex);
 }
 
 }  // namespace

@@ -179,20 +179,23 @@ struct GemmTile {
 };
 
 // Per-tile row bookkeeping shared by the mma.sync and wgmma kernels: for each of the tile's BM rows,
-// its output row offset, RoPE position and validity (bad indices raise flags in p.error_flag), and
-// the inverse frequencies when the kernel evaluates cos/sin itself. Read after a barrier.
+// its output row offset, RoPE position and validity, and the inverse frequencies when the kernel
+// evaluates cos/sin itself. Read after a barrier. Returns the ReconstructError bits of this
+// thread's row (bad token index, bad output row) for the caller to OR into p.error_flag: only
+// reads here, so that a kernel may stage its rows before it is allowed to write.
 template <int BM, int THREADS, bool LOAD_INV_FREQ>
-__device__ __forceinline__ void stage_tile_rows(const ReconstructArgs& p, std::int64_t m0, int tid, std::int64_t* row_out,
-                                                std::int64_t* row_pos, int* row_ok, double* inv_freq) {
+__device__ __forceinline__ int stage_tile_rows(const ReconstructArgs& p, std::int64_t m0, int tid, std::int64_t* row_out,
+                                               std::int64_t* row_pos, int* row_ok, double* inv_freq) {
+  int errors = 0;
   if (tid < BM) {
     const std::int64_t t = m0 + tid;
     std::int64_t token = 0, position = 0, out_base = -1;
     int ok = 0;
     if (t < p.tokens) {
       ok = resolve_token(p, t, token, position);
-      if (!ok && p.error_flag) atomicOr(p.error_flag, kBadTokenIndex);
+      if (!ok) errors |= kBadTokenIndex;
       out_base = output_row_base(p, t);
-      if (out_base < 0 && p.error_flag) atomicOr(p.error_flag, kBadOutputRow);
+      if (out_base < 0) errors |= kBadOutputRow;
     }
     row_out[tid] = out_base;
     row_pos[tid] = position;
@@ -201,6 +204,12 @@ __device__ __forceinline__ void stage_tile_rows(const ReconstructArgs& p, std::i
   if constexpr (LOAD_INV_FREQ) {
     for (int i = tid; i < p.rotary_dim / 2; i += THREADS) inv_freq[i] = p.inv_freq[i];
   }
+  return errors;
+}
+
+/// ORs a row's ReconstructError bits into p.error_flag (if any).
+__device__ __forceinline__ void report_errors(const ReconstructArgs& p, int errors) {
+  if (errors && p.error_flag) atomicOr(p.error_flag, errors);
 }
 
 // ------------------------------------------------------------------ the fused GEMM + RoPE
@@ -227,8 +236,8 @@ __global__ void __launch_bounds__(256, 2) reconstruct_gemm_kernel(const __grid_c
   const T* b = static_cast<const T*>(p.b);
 
   // Row bookkeeping (read by the epilogue only, after barriers).
-  stage_tile_rows<BM, Tile::kThreads, MODE != RopeMode::None && !TABLE>(p, m0, tid, row_out, row_pos, row_ok,
-                                                                        inv_freq);
+  report_errors(p, stage_tile_rows<BM, Tile::kThreads, MODE != RopeMode::None && !TABLE>(p, m0, tid, row_out, row_pos,
+                                                                                        row_ok, inv_freq));
 
   // Each thread loads fixed A rows: resolve them once.
   const T* a_src[Tile::kA_Loads];
