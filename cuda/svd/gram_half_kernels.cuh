@@ -9,8 +9,8 @@
 //
 // In place: the fp16 matrix takes the first half of G's buffer, so fp16 column j overwrites fp32
 // columns j / 2. Columns [c0, c1) with c1 <= 2 c0 overwrite only fp32 columns below c0, which
-// earlier launches have read; the first block [0, w0) goes through a scratch buffer. Only the
-// upper triangle is converted; the fp16 matrix is mirrored afterwards.
+// no later launch reads (fp16 column j reads fp32 columns >= j: its own, and those holding row j
+// of the upper triangle); the first block [0, w0) goes through a scratch buffer.
 //
 // Split (Fp16Split): s G = H + L with H = fp16(s G) and L = fp16(s G - H), the remainder (exact
 // in fp32, at most half an fp16 ulp of H, so L keeps 11 more bits: ~22 in all, about fp32's 24).
@@ -29,11 +29,15 @@
 namespace xkv::cuda::detail {
 
 /// *scale = 2^e with max_i G_ii * 2^e in [2^13, 2^14); 1 if G's diagonal is zero or not finite
-/// (NaN and Inf then reach the first round's Z, whose check reports them). One block of 256.
-static __global__ void __launch_bounds__(256) half_scale_kernel(const float* __restrict__ g, std::int64_t d,
-                                                                float* __restrict__ scale) {
-  __shared__ float largest[256];
-  __shared__ int bad[256];
+/// (NaN and Inf then reach the first round's Z, whose check reports them). One block of
+/// kHalfScaleThreads: the diagonal's loads are one per column, latency-bound (256 threads took
+/// ~10 us at d = 4096 on the H200).
+inline constexpr int kHalfScaleThreads = 1024;
+static __global__ void __launch_bounds__(kHalfScaleThreads) half_scale_kernel(const float* __restrict__ g,
+                                                                              std::int64_t d,
+                                                                              float* __restrict__ scale) {
+  __shared__ float largest[kHalfScaleThreads];
+  __shared__ int bad[kHalfScaleThreads];
   float m = 0;
   int not_finite = 0;
   for (std::int64_t i = threadIdx.x; i < d; i += blockDim.x) {
@@ -44,7 +48,7 @@ static __global__ void __launch_bounds__(256) half_scale_kernel(const float* __r
   largest[threadIdx.x] = m;
   bad[threadIdx.x] = not_finite;
   __syncthreads();
-  for (int w = 128; w > 0; w /= 2) {
+  for (int w = kHalfScaleThreads / 2; w > 0; w /= 2) {
     if (int(threadIdx.x) < w) {
       largest[threadIdx.x] = fmaxf(largest[threadIdx.x], largest[threadIdx.x + w]);
       bad[threadIdx.x] |= bad[threadIdx.x + w];
@@ -63,21 +67,54 @@ static __global__ void __launch_bounds__(256) half_scale_kernel(const float* __r
   }
 }
 
-/// out (d x (c1 - c0), fp16, column-major) = scale * G[:, c0:c1), the upper triangle and the
-/// diagonal only (row i <= column j: all that the Gram's upper tiles wrote; mirror_upper_kernel
-/// then fills the rest of the fp16 matrix, at half the bytes of mirroring in fp32). Grid (row
-/// blocks, c1 - c0). `g` and `out` may share a buffer when out's bytes lie below column c0 of g
-/// (see the top of the file).
-static __global__ void to_half_upper_kernel(const float* g, std::int64_t d, std::int64_t c0,
-                                            const float* __restrict__ scale, __half* out) {
+/// Side of the square tiles of to_half_symmetric_kernel (block 32 x 8 threads).
+inline constexpr int kHalfTile = 64;
+
+/// out (d x (c1 - c0), fp16, column-major, ld d) = scale * G[:, c0:c1) with both triangles, from
+/// G's upper triangle only (all that the Gram's upper tiles wrote): entry (i, j) is G[i, j] for
+/// i <= j, else G[j, i]. The same fp16 values as converting a mirrored G, in one pass: each
+/// 64 x 64 tile of the output reads G's tile in place for its upper entries and G's transposed
+/// tile for its lower ones (both coalesced, through shared memory), so that G's lower triangle is
+/// never written in fp32 and the fp16 matrix needs no mirroring pass; each thread then writes two
+/// consecutive rows at once. Reads columns >= c0 of G only: `out` may share G's buffer when its
+/// bytes lie below column c0 (see the top of the file). Grid (row tiles, column tiles of
+/// [c0, c1)), block (32, 8).
+static __global__ void __launch_bounds__(256, 4)
+    to_half_symmetric_kernel(const float* g, std::int64_t d, std::int64_t c0, std::int64_t c1,
+                             const float* __restrict__ scale, __half* out) {
+  __shared__ float tile[kHalfTile][kHalfTile + 1];  // tile[c][r]: entry (i0 + r, j0 + c)
+  const std::int64_t i0 = std::int64_t(blockIdx.x) * kHalfTile, j0 = c0 + std::int64_t(blockIdx.y) * kHalfTile;
+  const int x = int(threadIdx.x);
+  // Upper entries (i <= j): G[i + j d], consecutive threads down a column.
+  if (i0 <= j0 + kHalfTile - 1)
+    for (int c = int(threadIdx.y); c < kHalfTile; c += 8)
+#pragma unroll
+      for (int h = 0; h < kHalfTile; h += 32) {
+        const std::int64_t i = i0 + h + x, j = j0 + c;
+        if (i < d && j < c1 && i <= j) tile[c][h + x] = g[i + j * d];
+      }
+  // Lower entries (i > j): G[j + i d], consecutive threads along the row of G's upper triangle.
+  if (i0 + kHalfTile - 1 > j0)
+    for (int r = int(threadIdx.y); r < kHalfTile; r += 8)
+#pragma unroll
+      for (int h = 0; h < kHalfTile; h += 32) {
+        const std::int64_t i = i0 + r, j = j0 + h + x;
+        if (i < d && j < c1 && i > j) tile[h + x][r] = g[j + i * d];
+      }
+  __syncthreads();
   const float s = *scale;
-  const std::int64_t j = c0 + blockIdx.y;
-  const std::int64_t rows = j + 1 < d ? j + 1 : d;
-  const float* src = g + j * d;
-  __half* dst = out + std::int64_t(blockIdx.y) * d;
-  for (std::int64_t i = blockIdx.x * std::int64_t(blockDim.x) + threadIdx.x; i < rows;
-       i += std::int64_t(gridDim.x) * blockDim.x)
-    dst[i] = __float2half_rn(src[i] * s);
+  const bool pairs = d % 2 == 0;  // rows 2x, 2x + 1 of a column start 4-byte aligned
+  for (int c = int(threadIdx.y); c < kHalfTile; c += 8) {
+    const std::int64_t i = i0 + 2 * x, j = j0 + c;
+    if (i >= d || j >= c1) continue;
+    __half* at = out + i + (j - c0) * d;
+    if (pairs && i + 1 < d)
+      *reinterpret_cast<__half2*>(at) = __floats2half2_rn(tile[c][2 * x] * s, tile[c][2 * x + 1] * s);
+    else {
+      at[0] = __float2half_rn(tile[c][2 * x] * s);
+      if (i + 1 < d) at[1] = __float2half_rn(tile[c][2 * x + 1] * s);
+    }
+  }
 }
 
 /// Column blockIdx.x of G (d x d, fp32, column-major) -> its fp16 pair (H_j, L_j) in the same

@@ -92,7 +92,8 @@ void gram_of_x(CompressorState& st, const Plan& plan, const LayerTable<T>& tab, 
            g + a0 + a0 * d, CUDA_R_32F, d, fast_compute<T>());
     }
   }
-  // The fp16 rounds mirror G after converting it (half the bytes); the others need it whole now.
+  // The fp16 rounds convert both triangles from the upper one (to_half_symmetric_kernel); the
+  // others need G whole now.
   if (!plan.gram_half || plan.gram_split) {
     const dim3 tiles_grid(unsigned((d + 31) / 32), unsigned((d + 31) / 32));
     mirror_upper_kernel<float><<<tiles_grid, dim3(32, 8), 0, stream>>>(g, d);
@@ -144,19 +145,20 @@ void round_product(CompressorState& st, const Plan& plan, int round, const Round
   multiply_gram(st, op, d, r, 1.0f, z);
 }
 
-/// GramPrecision::Fp16: G (fp32, upper triangle) -> scale * G in fp16 in the first half of its own
-/// buffer (gram_half_kernels.cuh), then mirrored there; `scratch` (scratch_floats fp32, here Z,
+/// GramPrecision::Fp16: G (fp32, upper triangle) -> scale * G in fp16, both triangles, in the
+/// first half of its own buffer (gram_half_kernels.cuh); `scratch` (scratch_floats fp32, here Z,
 /// which no round has written yet) carries the first block of columns.
 void gram_to_half(float* gram, std::int64_t d, float* scale, float* scratch, std::int64_t scratch_floats,
                   cudaStream_t stream) {
-  half_scale_kernel<<<1, 256, 0, stream>>>(gram, d, scale);
+  half_scale_kernel<<<1, kHalfScaleThreads, 0, stream>>>(gram, d, scale);
   check_launch();
   auto* half_gram = reinterpret_cast<__half*>(gram);
   const std::int64_t first = std::clamp<std::int64_t>(2 * scratch_floats / d, 1, d);
   const auto convert_columns = [&](std::int64_t c0, std::int64_t c1, __half* out) {
-    XKV_REQUIRE(c1 - c0 <= 65535, "gram_to_half: " << c1 - c0 << " columns in one launch (d=" << d << ")");
-    const dim3 grid(unsigned(std::min<std::int64_t>((c1 + kThreads - 1) / kThreads, 64)), unsigned(c1 - c0));
-    to_half_upper_kernel<<<grid, kThreads, 0, stream>>>(gram, d, c0, scale, out);
+    const std::int64_t column_tiles = (c1 - c0 + kHalfTile - 1) / kHalfTile;
+    XKV_REQUIRE(column_tiles <= 65535, "gram_to_half: " << c1 - c0 << " columns in one launch (d=" << d << ")");
+    const dim3 grid(unsigned((d + kHalfTile - 1) / kHalfTile), unsigned(column_tiles));
+    to_half_symmetric_kernel<<<grid, dim3(32, 8), 0, stream>>>(gram, d, c0, c1, scale, out);
     check_launch();
   };
   convert_columns(0, first, reinterpret_cast<__half*>(scratch));
@@ -167,15 +169,12 @@ void gram_to_half(float* gram, std::int64_t d, float* scale, float* scratch, std
     convert_columns(c0, c1, half_gram + c0 * d);
     c0 = c1;
   }
-  const dim3 tiles_grid(unsigned((d + 31) / 32), unsigned((d + 31) / 32));
-  mirror_upper_kernel<__half><<<tiles_grid, dim3(32, 8), 0, stream>>>(half_gram, d);
-  check_launch();
 }
 
 /// GramPrecision::Fp16Split: G (fp32, mirrored) -> the pair (H, L) of scale * G, column by column
 /// in its own bytes (gram_half_kernels.cuh).
 void gram_to_half_pairs(float* gram, std::int64_t d, float* scale, cudaStream_t stream) {
-  half_scale_kernel<<<1, 256, 0, stream>>>(gram, d, scale);
+  half_scale_kernel<<<1, kHalfScaleThreads, 0, stream>>>(gram, d, scale);
   check_launch();
   const std::size_t shared = std::size_t(d) * sizeof(float);
   if (shared > 48 * 1024)
