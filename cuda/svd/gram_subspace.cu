@@ -96,7 +96,7 @@ void gram_of_x(CompressorState& st, const Plan& plan, const LayerTable<T>& tab, 
   // others need G whole now.
   if (!plan.gram_half || plan.gram_split) {
     const dim3 tiles_grid(unsigned((d + 31) / 32), unsigned((d + 31) / 32));
-    mirror_upper_kernel<float><<<tiles_grid, dim3(32, 8), 0, stream>>>(g, d);
+    mirror_upper_kernel<<<tiles_grid, dim3(32, 8), 0, stream>>>(g, d);
     check_launch();
   }
 }

@@ -141,13 +141,12 @@ __global__ void convert_kernel(const Src* __restrict__ in, Dst* __restrict__ out
   }
 }
 
-/// Strict lower triangle of an m x m column-major matrix <- its upper triangle, through 32 x 32
+/// Strict lower triangle of an m x m column-major fp32 matrix <- its upper triangle, through 32 x 32
 /// shared-memory tiles so that reads and writes both run down columns. Block (32, 8), grid (tiles,
 /// tiles); block (x, y) writes lower tile (row block y, column block x) from upper tile (x, y), so no
 /// two blocks touch the same element.
-template <class T>
-__global__ void mirror_upper_kernel(T* s, std::int64_t m) {
-  __shared__ T tile[32][33];
+static __global__ void mirror_upper_kernel(float* s, std::int64_t m) {
+  __shared__ float tile[32][33];
   const std::int64_t bi = blockIdx.y, bj = blockIdx.x;
   if (bi < bj) return;
   for (int y = threadIdx.y; y < 32; y += blockDim.y) {
