@@ -70,7 +70,7 @@ bool aligned16(const void* p) { return reinterpret_cast<std::uintptr_t>(p) % 16 
 }  // namespace
 
 void basis_gram(const float* z, std::int64_t rows, int k, double* g, const GramScratch& scratch,
-                cudaStream_t stream, int stages) {
+                cudaStream_t stream, int stages, const GramDiagonal& diagonal) {
   static_assert(GramScratch::kMaxBuffers + 1 == cqr::kMaxSplits, "one slice per buffer, and g");
   XKV_REQUIRE(z != nullptr && g != nullptr && rows >= 1 && k >= 1 && (scratch.count == 0 || scratch.padded >= k),
               "basis_gram: rows=" << rows << ", k=" << k << ", scratch side " << scratch.padded);
@@ -98,7 +98,10 @@ void basis_gram(const float* z, std::int64_t rows, int k, double* g, const GramS
   else launch(vec ? gram_partials_kernel<2, 4> : gram_partials_kernel<2, 1>, bytes, grid, p, stream);
   if (p.splits > 1) {
     const dim3 block(32, 8), grid(unsigned((k + 31) / 32), unsigned((k + 7) / 8));
-    add_partials_kernel<<<grid, block, 0, stream>>>(p);
+    add_partials_kernel<<<grid, block, 0, stream>>>(p, diagonal);
+    XKV_CUDA_CHECK(cudaGetLastError());
+  } else if (diagonal.any()) {
+    finish_diagonal_kernel<<<unsigned((k + 255) / 256), 256, 0, stream>>>(g, k, diagonal);
     XKV_CUDA_CHECK(cudaGetLastError());
   }
 }

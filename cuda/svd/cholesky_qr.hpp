@@ -31,14 +31,26 @@ struct GramScratch {
   }
 };
 
+/// What basis_gram does to the diagonal of the summed Gram, in the pass that sums the row slices
+/// (no launch of its own but for one slice): store nonfinite_code to *nonfinite if some g_ii is NaN
+/// or Inf (NaN or Inf anywhere in Z reaches the diagonal), then with `shift` add
+/// max(relative * k * g_ii, floor) to each g_ii (DiagonalShift::PerColumn of svd_kernels.cuh).
+struct GramDiagonal {
+  bool shift = false;
+  double relative = 0, floor = 0;
+  int* nonfinite = nullptr;
+  int nonfinite_code = 0;
+  bool any() const { return shift || nonfinite != nullptr; }
+};
+
 /// g (k x k, column-major, ld k; upper triangle only) = Z^T Z for Z (rows x k, fp32, column-major,
 /// ld rows), summed in fp64. The row slices' partial sums go to g and the buffers of `scratch` and
 /// are added in a fixed order: the result is the same bits every run on one device. Asynchronous
 /// on `stream`. `stages`: depth of the launch's ring of shared-memory stages (2 or 4; 0: four where
 /// the device's shared memory per block holds them, 72 KB here and 104 KB for apply_inverse); the
-/// bits do not depend on it.
+/// bits do not depend on it. `diagonal`: see GramDiagonal.
 void basis_gram(const float* z, std::int64_t rows, int k, double* g, const GramScratch& scratch,
-                cudaStream_t stream, int stages = 0);
+                cudaStream_t stream, int stages = 0, const GramDiagonal& diagonal = {});
 
 /// v (rows x k, column-major, ld rows, in Out) = Z L^{-T}, with L^{-1} from `chol` (cholesky_inverse's
 /// w: lower triangular, ld chol.padded). Out is float, __half or __nv_bfloat16. `stages` as above.

@@ -25,6 +25,7 @@
 
 #include <cstdint>
 
+#include "cholesky_qr.hpp"  // GramDiagonal
 #include "dmma.cuh"
 #include "svd_kernels.cuh"  // from_f64
 
@@ -223,14 +224,35 @@ __global__ void __launch_bounds__(cqr::kThreads, cqr::kGramBlocksPerSm) gram_par
       }
 }
 
-/// g (upper triangle, ld k) += the partial sums of slices 1..splits-1, in that order.
-static __global__ void add_partials_kernel(const __grid_constant__ GramPartialsParams p) {
+/// The diagonal work basis_gram's caller asks for (cholesky_qr.hpp GramDiagonal), on the summed
+/// entry g_ii: the NaN/Inf flag, then the per-column shift, as flag_nonfinite_kernel and
+/// shift_diagonal_kernel (DiagonalShift::PerColumn) would do it: the same operations, the same bits.
+__device__ inline double finish_diagonal_entry(double gii, int k, const GramDiagonal& diag) {
+  if (diag.nonfinite != nullptr && !isfinite(gii)) *diag.nonfinite = diag.nonfinite_code;  // one value: benign
+  if (!diag.shift) return gii;
+  const double per_unit_diagonal = diag.relative * k;
+  return gii + fmax(per_unit_diagonal * gii, diag.floor);
+}
+
+/// g (upper triangle, ld k) += the partial sums of slices 1..splits-1, in that order, and the
+/// diagonal finished (finish_diagonal_entry) in the same pass.
+static __global__ void add_partials_kernel(const __grid_constant__ GramPartialsParams p,
+                                           const __grid_constant__ GramDiagonal diag) {
   // x runs down a column (column-major: consecutive threads, consecutive addresses).
   const int i = int(blockIdx.x * blockDim.x + threadIdx.x), j = int(blockIdx.y * blockDim.y + threadIdx.y);
   if (j >= p.k || i > j) return;
   double s = p.out[0][i + std::int64_t(j) * p.out_ld[0]];
   for (int split = 1; split < p.splits; ++split) s += p.out[split][i + std::int64_t(j) * p.out_ld[split]];
+  if (i == j) s = finish_diagonal_entry(s, p.k, diag);
   p.out[0][i + std::int64_t(j) * p.out_ld[0]] = s;
+}
+
+/// With one slice: only the diagonal to finish. Grid (k + 255) / 256, block 256.
+static __global__ void finish_diagonal_kernel(double* g, int k, const __grid_constant__ GramDiagonal diag) {
+  const int i = int(blockIdx.x * blockDim.x + threadIdx.x);
+  if (i >= k) return;
+  double& gii = g[i + std::int64_t(i) * k];
+  gii = finish_diagonal_entry(gii, k, diag);
 }
 
 /// V = Z W^T for W = L^{-1} (k x k lower triangular, column-major, ld ld_w): V (rows x k,

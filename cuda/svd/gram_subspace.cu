@@ -220,11 +220,10 @@ void gram_rounds(CompressorState& st, const Plan& plan, const SvdArguments<T>& a
   gram_of_x(st, plan, tab, stage, ws.get<float>(plan.off_gram), args.energies ? partials : nullptr,
             ws.get<void*>(plan.off_gram_pointers), stream);
   const RoundOperands<Basis> op = round_operands<Basis>(plan, ws, stream);
-  // The same Gaussian start as the sketches (drawn in T, then converted), so both products begin
-  // from the same subspace for a given seed.
-  gaussian_kernel<T><<<grid_for(d * r), kThreads, 0, stream>>>(v, d * r, st.seed);
+  // The same Gaussian start as the sketches (drawn in T, then converted to the rounds' type), so
+  // both products begin from the same subspace for a given seed.
+  gaussian_kernel<T, Basis><<<grid_for(d * r), kThreads, 0, stream>>>(op.basis, d * r, st.seed);
   check_launch();
-  convert(v, op.basis, d * r, stream);
   auto* filter_partials = ws.get<double>(plan.off_filter);
   int slot = 0;
   for (int round = 0; round < plan.gram_rounds; ++round) {
@@ -293,9 +292,8 @@ void gram_lockstep(std::span<const GramJob<T>> jobs, cudaStream_t factor_stream)
                 job.args->energies ? b.partials : nullptr, job.ws.template get<void*>(job.plan->off_gram_pointers),
                 job.stream);
       b.op = round_operands<Basis>(*job.plan, job.ws, job.stream);
-      gaussian_kernel<T><<<grid_for(d * r), kThreads, 0, job.stream>>>(b.v, d * r, job.st->seed);
+      gaussian_kernel<T, Basis><<<grid_for(d * r), kThreads, 0, job.stream>>>(b.op.basis, d * r, job.st->seed);
       check_launch();
-      convert(b.v, b.op.basis, d * r, job.stream);
     }
     std::vector<CholeskyTask> tasks(jobs.size());
     for (int round = 0; round < rounds; ++round) {

@@ -119,16 +119,20 @@ __device__ __forceinline__ std::uint64_t splitmix64(std::uint64_t x) {
 }
 
 /// out[i] = N(0, 1) sample that depends only on (seed, i): Box-Muller on a counter-based hash,
-/// in fp32 (a starting basis needs no more; the fp64 log and cospi took ~23 us per 4096 x 512).
-template <class T>
-__global__ void gaussian_kernel(T* __restrict__ out, std::int64_t count, std::uint64_t seed) {
+/// in fp32 (a starting basis needs no more; the fp64 log and cospi took ~23 us per 4096 x 512),
+/// rounded to T and then, if Out differs, converted to Out as convert_kernel would (the Gram
+/// rounds draw their fp16 basis in one pass, from the same T values as the sketches' start).
+template <class T, class Out = T>
+__global__ void gaussian_kernel(Out* __restrict__ out, std::int64_t count, std::uint64_t seed) {
   for (std::int64_t i = blockIdx.x * std::int64_t(blockDim.x) + threadIdx.x; i < count;
        i += std::int64_t(gridDim.x) * blockDim.x) {
     const std::uint64_t h = splitmix64(seed ^ splitmix64(std::uint64_t(i)));
     const float u1 = (float((h >> 40) & 0xffffffu) + 0.5f) * 0x1p-24f;  // (0, 1): log finite
     const float u2 = float(h & 0xffffffu) * 0x1p-24f;
     const float g = sqrtf(-2.0f * logf(u1)) * cospif(2.0f * u2);
-    out[i] = from_f64<T>(double(g));
+    const T t = from_f64<T>(double(g));
+    if constexpr (std::is_same_v<Out, T>) out[i] = t;
+    else out[i] = from_f64<Out>(to_f64(t));
   }
 }
 

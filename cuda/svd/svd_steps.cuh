@@ -138,13 +138,14 @@ inline void cholesky_qr(CompressorState& st, const double* x, double* out, std::
 /// cholesky_qr_apply.
 inline void cholesky_qr_gram(const float* z, std::int64_t rows, int k, double* g, const GramScratch& scratch,
                              cudaStream_t stream, int* nonfinite = nullptr) {
-  basis_gram(z, rows, k, g, scratch, stream);
-  if (nonfinite) {
-    flag_nonfinite_kernel<double><<<1, 256, 0, stream>>>(g, k, nonfinite, k + 1);
-    check_launch();
-  }
-  shift_diagonal_kernel<<<1, 1024, 0, stream>>>(g, k, kCholeskyShift, kCholeskyFloor, DiagonalShift::PerColumn);
-  check_launch();
+  // The flag and the per-column shift ride on the pass that sums the Gram's row slices.
+  GramDiagonal diagonal;
+  diagonal.shift = true;
+  diagonal.relative = kCholeskyShift;
+  diagonal.floor = kCholeskyFloor;
+  diagonal.nonfinite = nonfinite;
+  diagonal.nonfinite_code = kNonFiniteInput;
+  basis_gram(z, rows, k, g, scratch, stream, /*stages=*/0, diagonal);
 }
 
 template <class Out>

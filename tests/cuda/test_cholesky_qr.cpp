@@ -45,21 +45,27 @@ const Sizes kSizes[] = {{1, 1}, {33, 24}, {65, 100}, {1100, 100}, {777, 130}, {4
 
 /// g = Z^T Z on the device with `buffers` scratch buffers for the row slices (0-3): g and the
 /// scratch poisoned with NaN first.
+/// With `diagonal`, its flag (if asked for: `flag`, 0 before) lives on the device and comes back in *flag.
 std::vector<double> gram_on_device(const std::vector<float>& z, std::int64_t rows, int k, int stages = 0,
-                                   int buffers = cuda::detail::GramScratch::kMaxBuffers) {
+                                   int buffers = cuda::detail::GramScratch::kMaxBuffers,
+                                   cuda::detail::GramDiagonal diagonal = {}, int* flag = nullptr) {
   const int padded = (k + 31) / 32 * 32;
   cuda::DeviceBuffer<float> dz(z.size());
   cuda::DeviceBuffer<double> g(std::size_t(k) * k), scratch(std::size_t(3) * padded * padded);
+  cuda::DeviceBuffer<int> device_flag(1);
   cuda::Stream stream;
   XKV_CUDA_CHECK(cudaMemcpyAsync(dz.get(), z.data(), dz.bytes(), cudaMemcpyHostToDevice, stream.get()));
   XKV_CUDA_CHECK(cudaMemsetAsync(g.get(), 0xff, g.bytes(), stream.get()));  // all-ones bytes: NaN doubles
   XKV_CUDA_CHECK(cudaMemsetAsync(scratch.get(), 0xff, scratch.bytes(), stream.get()));
+  XKV_CUDA_CHECK(cudaMemsetAsync(device_flag.get(), 0, sizeof(int), stream.get()));
+  if (flag != nullptr) diagonal.nonfinite = device_flag.get();
   cuda::detail::GramScratch slices(padded);
   for (int b = 0; b < buffers; ++b) slices.add(scratch.get() + std::size_t(b) * padded * padded);
-  cuda::detail::basis_gram(dz.get(), rows, k, g.get(), slices, stream.get(), stages);
+  cuda::detail::basis_gram(dz.get(), rows, k, g.get(), slices, stream.get(), stages, diagonal);
   stream.synchronize();
   std::vector<double> out(g.size());
   XKV_CUDA_CHECK(cudaMemcpy(out.data(), g.get(), g.bytes(), cudaMemcpyDeviceToHost));
+  if (flag != nullptr) XKV_CUDA_CHECK(cudaMemcpy(flag, device_flag.get(), sizeof(int), cudaMemcpyDeviceToHost));
   return out;
 }
 
@@ -95,6 +101,48 @@ TEST(GpuCholeskyQr, GramOfAnFp32BasisMatchesFp64) {
         for (int i = 0; i <= j; ++i)
           ASSERT_EQ(again[std::size_t(i + j * s.k)], g[std::size_t(i + j * s.k)])
               << "entry " << i << ", " << j << ", stages=" << stages;
+    }
+  }
+}
+
+// The CholeskyQR step's diagonal work rides on the pass that sums the row slices (or, with one
+// slice, a pass over the diagonal alone): the per-column shift lands on the same sums, bit for bit
+// what the separate shift would give, the rest of the triangle is untouched, and NaN or Inf
+// anywhere in Z raises the flag, whatever the slice count.
+TEST(GpuCholeskyQr, GramDiagonalShiftAndFlagMatchTheSeparateSteps) {
+  XKV_SKIP_WITHOUT_GPU();
+  cuda::detail::GramDiagonal diagonal;
+  diagonal.shift = true;
+  diagonal.relative = 1e-12;
+  diagonal.floor = 1e-200;
+  diagonal.nonfinite_code = -1000;
+  for (const Sizes s : {Sizes{1, 1}, Sizes{65, 100}, Sizes{1100, 100}, Sizes{2048, 512}}) {
+    for (const int buffers : {0, cuda::detail::GramScratch::kMaxBuffers}) {
+      SCOPED_TRACE(::testing::Message() << "rows=" << s.rows << " k=" << s.k << " buffers=" << buffers
+                                        << " seed=" << test_seed());
+      std::vector<float> z = basis_values(s.rows, s.k, test_seed() + 41 + std::uint64_t(s.rows + s.k));
+      const std::vector<double> plain = gram_on_device(z, s.rows, s.k, 0, buffers);
+      int flag = 0;
+      const std::vector<double> shifted = gram_on_device(z, s.rows, s.k, 0, buffers, diagonal, &flag);
+      EXPECT_EQ(flag, 0);
+      for (int j = 0; j < s.k; ++j)
+        for (int i = 0; i <= j; ++i) {
+          const double g = plain[std::size_t(i + j * s.k)];
+          const double want = i == j ? g + std::fmax(diagonal.relative * s.k * g, diagonal.floor) : g;
+          ASSERT_EQ(shifted[std::size_t(i + j * s.k)], want) << "entry " << i << ", " << j;
+          if (i == j) {
+            ASSERT_NE(shifted[std::size_t(i + j * s.k)], g) << "the diagonal moved at " << i;
+          }
+        }
+      for (const float bad : {std::nanf(""), INFINITY}) {
+        std::vector<float> poisoned = z;
+        poisoned[poisoned.size() / 2] = bad;
+        int raised = 0;
+        cuda::detail::GramDiagonal flag_only;
+        flag_only.nonfinite_code = -1000;
+        (void)gram_on_device(poisoned, s.rows, s.k, 0, buffers, flag_only, &raised);
+        EXPECT_EQ(raised, -1000) << "value " << bad;
+      }
     }
   }
 }
