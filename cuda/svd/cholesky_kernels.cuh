@@ -268,6 +268,18 @@ __device__ __forceinline__ void inverse_tile(int item, int span, int& q, int& i,
   m = q + in_pair % span;
 }
 
+/// The stride of this CTA's walk over a factorisation step's nb * count work items (item t is
+/// item t / nb of matrix t % nb; the walk starts at t = blockIdx.x). The items 0, each matrix's next
+/// diagonal tile, which their CTA then factors (the step's longest item), go to CTAs 0..nb-1, and
+/// where the grid has CTAs to spare nothing else does: no factor waits behind trailing updates its
+/// CTA took as well, and the other CTAs share those. Work and order per item are unchanged, so are
+/// the bits. (Eight 768^2 matrices in one launch: 0.555 -> 0.485 ms on the H200.)
+__device__ __forceinline__ int step_stride(int nb, int count) {
+  const int grid = int(gridDim.x);
+  if (grid <= nb || count <= 1) return grid;
+  return int(blockIdx.x) < nb ? nb * count : grid - nb;
+}
+
 /// Every CTA, all threads: the lower triangle of each matrix's work <- its Gram's upper triangle,
 /// transposed (identity beyond k), and W <- 0. The upper triangle of work is left alone: R fills
 /// it, and with work == gram (in place) it is still being read here. Blocks of 32 x 32 pass
@@ -336,10 +348,11 @@ __global__ void __launch_bounds__(kCholThreads) cholesky_inverse_kernel(const __
   grid.sync();
 
   // Work item t of a step is item t / nb of matrix t % nb: the items 0 (each matrix's next
-  // diagonal tile, factored right away) go to the first CTAs.
+  // diagonal tile, factored right away) go to the first CTAs, and only there (step_stride).
   for (int j = 0; j + 1 < nt; ++j) {
     const int rest = nt - j - 1, count = rest * (rest + 1) / 2;
-    for (int t = int(blockIdx.x); t < nb * count; t += int(gridDim.x)) {
+    const int stride = chol::step_stride(nb, count);
+    for (int t = int(blockIdx.x); t < nb * count; t += stride) {
       const CholeskyParams& p = batch.m[t % nb];
       const int item = t / nb;
       int i, m;

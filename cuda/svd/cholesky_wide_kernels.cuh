@@ -267,7 +267,8 @@ __global__ void __launch_bounds__(kCholThreads, 1) cholesky_inverse_wide_kernel(
   // barrier).
   for (int j = 0; j + 1 < nt; ++j) {
     const int rest = nt - j - 1, count = rest * (rest + 1) / 2;
-    for (int t = int(blockIdx.x); t < nb * count; t += int(gridDim.x)) {
+    const int stride = chol::step_stride(nb, count);  // the items 0 on CTAs of their own
+    for (int t = int(blockIdx.x); t < nb * count; t += stride) {
       const CholeskyParams& p = batch.m[t % nb];
       const int item = t / nb;
       int i, m;
