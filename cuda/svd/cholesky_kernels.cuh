@@ -179,14 +179,26 @@ __device__ __forceinline__ void factor_tile_in_block(FactorTile d, InverseTile i
 #pragma unroll 1
   for (int c = 0; c < kCholTile; c += 2) {
     __syncthreads();  // column c is final in d, column c + 1 has its value before step c
-    double pivot = d(c, c);
+    // Every shared value the pair reads, loaded at once: they are all in columns c and c + 1,
+    // which this pair does not write (it writes c + 2 and c + 3), so no load waits behind a store
+    // below. A little: 12.1k -> 11.4k cycles for the 32 pivots of a tile (clock64, H200); the
+    // chain of rsqrt, fma and barrier per pair is the rest.
+    const double a_cc = d(c, c), a_c1c = d(c + 1, c), a_c1c1 = d(c + 1, c + 1);
+    const double a_ic = d(lane, c), a_ic1 = d(lane, c + 1);
+    double a_mc[kColumns], a_mc1[kColumns];
+#pragma unroll
+    for (int u = 0; u < kColumns; ++u) {
+      a_mc[u] = d(warp + kWarps * u, c);
+      a_mc1[u] = d(warp + kWarps * u, c + 1);
+    }
+    double pivot = a_cc;
     if (!(pivot > 0)) {  // also NaN: flag it, carry on with 1 so every CTA still reaches each barrier
       if (threadIdx.x == 0 && first_index + c < p.k) atomicCAS(p.info, 0, first_index + c + 1);
       pivot = 1;
     }
     const double scale = rsqrt(pivot);  // 1 / L_cc
-    const double a_nc = d(c + 1, c) * scale;  // L_{c+1,c}
-    double pivot_next = fma(-a_nc, a_nc, d(c + 1, c + 1));  // a_{c+1,c+1} after step c
+    const double a_nc = a_c1c * scale;  // L_{c+1,c}
+    double pivot_next = fma(-a_nc, a_nc, a_c1c1);  // a_{c+1,c+1} after step c
     if (!(pivot_next > 0)) {
       if (threadIdx.x == 0 && first_index + c + 1 < p.k) atomicCAS(p.info, 0, first_index + c + 2);
       pivot_next = 1;
@@ -196,16 +208,16 @@ __device__ __forceinline__ void factor_tile_in_block(FactorTile d, InverseTile i
       pivot_inverse[c] = scale;
       pivot_inverse[c + 1] = scale_next;
     }
-    const double l_ic = d(lane, c) * scale;
-    const double l_in = fma(-l_ic, a_nc, d(lane, c + 1)) * scale_next;  // L_{lane,c+1} (lane > c + 1)
+    const double l_ic = a_ic * scale;
+    const double l_in = fma(-l_ic, a_nc, a_ic1) * scale_next;  // L_{lane,c+1} (lane > c + 1)
 #pragma unroll
     for (int u = 0; u < kColumns; ++u) {
       const int m = warp + kWarps * u;
       if (m > c && m <= lane) {
-        const double l_mc = d(m, c) * scale;
+        const double l_mc = a_mc[u] * scale;
         entry[u] = fma(-l_ic, l_mc, entry[u]);  // step c
         if (m > c + 1) {
-          const double a_mn = fma(-l_mc, a_nc, d(m, c + 1));  // a_{m,c+1} after step c
+          const double a_mn = fma(-l_mc, a_nc, a_mc1[u]);  // a_{m,c+1} after step c
           entry[u] = fma(-l_in, a_mn * scale_next, entry[u]);  // step c + 1
         }
         if (m == c + 2 || m == c + 3) d(lane, m) = entry[u];  // read by the next pair only
