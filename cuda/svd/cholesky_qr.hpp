@@ -34,7 +34,14 @@ struct GramScratch {
 /// What basis_gram does to the diagonal of the summed Gram, in the pass that sums the row slices
 /// (no launch of its own but for one slice): store nonfinite_code to *nonfinite if some g_ii is NaN
 /// or Inf (NaN or Inf anywhere in Z reaches the diagonal), then with `shift` add
-/// max(relative * k * g_ii, floor) to each g_ii (DiagonalShift::PerColumn of svd_kernels.cuh).
+/// max(relative * k * g_ii, floor) to each g_ii. That is the shift relative * trace taken after
+/// scaling G to a unit diagonal (Jacobi scaling, under which Cholesky is invariant), for a Gram
+/// Z^T Z summed in fp64 from a stored Z, whose rounding errors are relative to each pair of
+/// columns: it keeps the Cholesky of a numerically semidefinite Gram alive (the scaled matrix's
+/// errors are a small multiple of eps times its norm, at most k) and moves every column by the
+/// same relative amount however small it is against the others. A shift relative to the whole
+/// trace (shift_by_trace_kernel) swamps the small columns of a basis whose columns span many
+/// orders of magnitude, as they do after the Chebyshev filter (PERFORMANCE.md, "Why, modelled").
 struct GramDiagonal {
   bool shift = false;
   double relative = 0, floor = 0;

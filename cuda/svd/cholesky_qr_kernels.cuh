@@ -225,8 +225,7 @@ __global__ void __launch_bounds__(cqr::kThreads, cqr::kGramBlocksPerSm) gram_par
 }
 
 /// The diagonal work basis_gram's caller asks for (cholesky_qr.hpp GramDiagonal), on the summed
-/// entry g_ii: the NaN/Inf flag, then the per-column shift, as flag_nonfinite_kernel and
-/// shift_diagonal_kernel (DiagonalShift::PerColumn) would do it: the same operations, the same bits.
+/// entry g_ii: the NaN/Inf flag, then the per-column shift.
 __device__ inline double finish_diagonal_entry(double gii, int k, const GramDiagonal& diag) {
   if (diag.nonfinite != nullptr && !isfinite(gii)) *diag.nonfinite = diag.nonfinite_code;  // one value: benign
   if (!diag.shift) return gii;

@@ -136,7 +136,7 @@ void run_randomized(CompressorState& st, const Plan& plan, const SvdArguments<T>
     symmetrize_upper_kernel<<<grid, block, 0, stream>>>(g, k);
     check_launch();
   }
-  factor_shifted(g, k, chol, info + slot++, stream, DiagonalShift::Trace);  // V^T Z: no Gram of a stored matrix
+  factor_shifted(g, k, chol, info + slot++, stream);  // V^T Z: no Gram of a stored matrix
   const double one = 1.0, zero = 0.0;
   double* bt = vd;  // Bt = X^T Q = Z R^{-1} (d x k); V's fp64 copy is no longer needed
   XKV_CUDA_CHECK(cublasDgemm(st.blas, CUBLAS_OP_N, CUBLAS_OP_T, int(d), k, k, &one, zd, int(d), chol.w, chol.padded,

@@ -172,45 +172,24 @@ static __global__ void symmetrize_upper_kernel(double* g, int k) {
   if (i < j && j < k) g[i + std::int64_t(j) * k] = 0.5 * (g[i + std::int64_t(j) * k] + g[j + std::int64_t(i) * k]);
 }
 
-/// How the diagonal shift before a Cholesky is sized (shift_diagonal_kernel).
-enum class DiagonalShift {
-  /// rel * k * G_ii on each G_ii: the shift rel * trace taken after scaling G to a unit diagonal
-  /// (Jacobi scaling, under which Cholesky is invariant). For a Gram Z^T Z summed in fp64 from a
-  /// stored Z, whose rounding errors are relative to each pair of columns: it keeps the Cholesky
-  /// of a numerically semidefinite Gram alive (the scaled matrix's errors are a small multiple of
-  /// eps times its norm, at most k) and moves every column by the same relative amount however
-  /// small it is against the others. A shift relative to the whole trace swamps the small columns
-  /// of a basis whose columns span many orders of magnitude, as they do after the Chebyshev filter
-  /// (PERFORMANCE.md, "Why, modelled").
-  PerColumn,
-  /// rel * trace(G) on every diagonal entry: for a matrix that is symmetric positive semidefinite
-  /// only up to errors relative to its largest entries, such as the Rayleigh-Ritz V^T Z with
-  /// Z = X^T X V formed in working precision (the entries of null directions are all rounding).
-  Trace,
-};
-
-/// Adds the shift `mode` names (at least floor_shift) to the diagonal of the k x k matrix g, so
-/// that its Cholesky succeeds when it is numerically semidefinite. Launched with one block of 1024.
-static __global__ void shift_diagonal_kernel(double* g, int k, double rel, double floor_shift, DiagonalShift mode) {
+/// Adds rel * trace(g) (at least floor_shift) to every diagonal entry of the k x k matrix g, so
+/// that its Cholesky succeeds when it is numerically semidefinite: for a matrix that is symmetric
+/// positive semidefinite only up to errors relative to its largest entries, such as the
+/// Rayleigh-Ritz V^T Z with Z = X^T X V formed in working precision (the entries of null directions
+/// are all rounding). The Gram of a stored fp32 basis takes a shift per column instead
+/// (GramDiagonal, cholesky_qr.hpp). Launched with one block of 1024.
+static __global__ void shift_by_trace_kernel(double* g, int k, double rel, double floor_shift) {
   __shared__ double partial[1024];
-  double trace_shift = 0;
-  if (mode == DiagonalShift::Trace) {
-    double s = 0;
-    for (int i = threadIdx.x; i < k; i += blockDim.x) s += g[i + std::int64_t(i) * k];
-    partial[threadIdx.x] = s;
+  double s = 0;
+  for (int i = threadIdx.x; i < k; i += blockDim.x) s += g[i + std::int64_t(i) * k];
+  partial[threadIdx.x] = s;
+  __syncthreads();
+  for (int w = blockDim.x / 2; w > 0; w /= 2) {
+    if (int(threadIdx.x) < w) partial[threadIdx.x] += partial[threadIdx.x + w];
     __syncthreads();
-    for (int w = blockDim.x / 2; w > 0; w /= 2) {
-      if (int(threadIdx.x) < w) partial[threadIdx.x] += partial[threadIdx.x + w];
-      __syncthreads();
-    }
-    trace_shift = rel * partial[0];
   }
-  const double per_unit_diagonal = rel * k;
-  for (int i = threadIdx.x; i < k; i += blockDim.x) {
-    double& d = g[i + std::int64_t(i) * k];
-    const double shift = mode == DiagonalShift::Trace ? trace_shift : per_unit_diagonal * d;
-    d += fmax(shift, floor_shift);
-  }
+  const double shift = fmax(rel * partial[0], floor_shift);
+  for (int i = threadIdx.x; i < k; i += blockDim.x) g[i + std::int64_t(i) * k] += shift;
 }
 
 /// Per-block partial sums of squares of count elements into partial[blockIdx.x] (fixed order, so

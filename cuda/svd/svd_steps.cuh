@@ -90,8 +90,8 @@ inline void dgemm(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, 
 }
 
 /// Relative diagonal shift before Cholesky of an fp64 Gram matrix (per unit of its trace, after
-/// Jacobi scaling for DiagonalShift::PerColumn): far above fp64 rounding of the Gram, far below
-/// anything that changes the subspace.
+/// Jacobi scaling for the per-column shift of GramDiagonal): far above fp64 rounding of the Gram,
+/// far below anything that changes the subspace.
 inline constexpr double kCholeskyShift = 1e-12;
 inline constexpr double kCholeskyFloor = 1e-200;
 
@@ -101,17 +101,17 @@ inline CholeskyWorkspace carve_cholesky(const CompressorState& st, double* base,
   return chol;
 }
 
-/// g (k x k, upper triangle) <- chol + inverse in `chol`, after the relative diagonal shift.
-inline void factor_shifted(double* g, int k, const CholeskyWorkspace& chol, int* info, cudaStream_t stream,
-                           DiagonalShift mode) {
-  shift_diagonal_kernel<<<1, 1024, 0, stream>>>(g, k, kCholeskyShift, kCholeskyFloor, mode);
+/// g (k x k, upper triangle) <- chol + inverse in `chol`, after the diagonal shift relative to its
+/// trace (shift_by_trace_kernel).
+inline void factor_shifted(double* g, int k, const CholeskyWorkspace& chol, int* info, cudaStream_t stream) {
+  shift_by_trace_kernel<<<1, 1024, 0, stream>>>(g, k, kCholeskyShift, kCholeskyFloor);
   check_launch();
   cholesky_inverse(g, k, chol, info, stream);
 }
 
 /// out (rows x k, fp64) = x R^{-1} with R^T R = x^T x + shift: one CholeskyQR pass, the
 /// triangular solve done as a GEMM with the explicit inverse (R^{-1} = L^{-T}). The randomized
-/// method's rounds: their shift stays relative to the trace (DiagonalShift::Trace), so that
+/// method's rounds: their shift stays relative to the trace (shift_by_trace_kernel), so that
 /// directions X does not have (a rank-deficient input) stay tiny columns of the basis instead of
 /// unit ones. The Rayleigh-Ritz matrix V^T Z that follows is formed in working precision, and unit
 /// columns in the null space of X would fill it with indefinite rounding far above its shift.
@@ -123,7 +123,7 @@ inline void cholesky_qr(CompressorState& st, const double* x, double* out, std::
     flag_nonfinite_kernel<double><<<1, 256, 0, stream>>>(g, k, nonfinite, k + 1);
     check_launch();
   }
-  factor_shifted(g, k, chol, info, stream, DiagonalShift::Trace);
+  factor_shifted(g, k, chol, info, stream);
   XKV_CUDA_CHECK(cublasDgemm(st.blas, CUBLAS_OP_N, CUBLAS_OP_T, int(rows), k, k, &one, x, int(rows), chol.w,
                              chol.padded, &zero, out, int(rows)));
 }

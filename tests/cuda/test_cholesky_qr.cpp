@@ -107,9 +107,9 @@ TEST(GpuCholeskyQr, GramOfAnFp32BasisMatchesFp64) {
 
 // The CholeskyQR step's diagonal work rides on the pass that sums the row slices (or, with one
 // slice, a pass over the diagonal alone): the per-column shift lands on the same sums, bit for bit
-// what the separate shift would give, the rest of the triangle is untouched, and NaN or Inf
+// g_ii + max(rel k g_ii, floor), the rest of the triangle is untouched, and NaN or Inf
 // anywhere in Z raises the flag, whatever the slice count.
-TEST(GpuCholeskyQr, GramDiagonalShiftAndFlagMatchTheSeparateSteps) {
+TEST(GpuCholeskyQr, GramDiagonalShiftsEachColumnAndFlagsNonFinite) {
   XKV_SKIP_WITHOUT_GPU();
   cuda::detail::GramDiagonal diagonal;
   diagonal.shift = true;
