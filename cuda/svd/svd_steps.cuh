@@ -139,12 +139,11 @@ inline void cholesky_qr(CompressorState& st, const double* x, double* out, std::
 inline void cholesky_qr_gram(const float* z, std::int64_t rows, int k, double* g, const GramScratch& scratch,
                              cudaStream_t stream, int* nonfinite = nullptr) {
   // The flag and the per-column shift ride on the pass that sums the Gram's row slices.
-  GramDiagonal diagonal;
-  diagonal.shift = true;
-  diagonal.relative = kCholeskyShift;
-  diagonal.floor = kCholeskyFloor;
-  diagonal.nonfinite = nonfinite;
-  diagonal.nonfinite_code = kNonFiniteInput;
+  const GramDiagonal diagonal{.shift = true,
+                              .relative = kCholeskyShift,
+                              .floor = kCholeskyFloor,
+                              .nonfinite = nonfinite,
+                              .nonfinite_code = kNonFiniteInput};
   basis_gram(z, rows, k, g, scratch, stream, /*stages=*/0, diagonal);
 }
 
