@@ -1,8 +1,10 @@
 // The one-launch Cholesky factor and inverse of cholesky_kernels.cuh on 64 x 64 tiles, for
 // matrices whose padded side is a whole number of them (k = 512 and 768 in the compressor's
-// lockstep batches). Same algorithm, same outputs, same batching; what changes is the grain:
+// lockstep batches). Same factorisation, same outputs, same batching; what changes is the grain,
+// and L^{-1}, which is formed block row by block row during the factorisation (row r in step r,
+// by the CTAs the step's diagonal factor would leave waiting) instead of by doubling after it:
 //
-//   - half as many factorisation steps (grid barriers) and inverse levels, and an eighth of the
+//   - half as many factorisation steps (grid barriers), and an eighth of the
 //     work items, each with eight times the arithmetic: the 32-wide kernel's items were latency-
 //     bound (~3-6 us for 3 x 32^3 multiply-adds), and its many barrier-separated steps made a
 //     batch of eight 768^2 matrices take 1.15 ms;
@@ -262,63 +264,14 @@ __global__ void __launch_bounds__(kCholThreads, 1) cholesky_inverse_wide_kernel(
   }
   grid.sync();
 
-  // Step j: work item t is item t / nb of matrix t % nb (items 0, each matrix's next diagonal
-  // tile, go to the first CTAs). Item (i, m), j < m <= i: C_im -= L_ij L_mj^T with the panel tiles
-  // L_ij = A_ij L_jj^{-T} formed here (recomputed by every item that needs them: cheaper than a
-  // barrier).
-  for (int j = 0; j + 1 < nt; ++j) {
-    const int rest = nt - j - 1, count = rest * (rest + 1) / 2;
-    const int stride = chol::step_stride(nb, count);  // the items 0 on CTAs of their own
-    for (int t = int(blockIdx.x); t < nb * count; t += stride) {
-      const CholeskyParams& p = batch.m[t % nb];
-      const int item = t / nb;
-      int i, m;
-      chol::trailing_tile(item, j, i, m);
-      const bool square = m == i;
-      copy_tile_async(tile0, p.work, ld, i, j);
-      if (!square) copy_tile_async(tile1, p.work, ld, m, j);
-      copy_tile_async(tile2, p.w, ld, j, j);
-      commit_copies();
-      wait_copies<0>();
-      __syncthreads();
-      TileProduct li = tile_product(), lm = tile_product();
-      li.multiply<Read::Tile, Read::Tile>(tile0, tile2, kT);
-      if (!square) lm.multiply<Read::Tile, Read::Tile>(tile1, tile2, kT);
-      __syncthreads();
-      li.write(tile0, 1.0);
-      if (!square) lm.write(tile1, 1.0);
-      __syncthreads();
-      // Each panel tile is written by exactly one item, as R_ji = L_ij^T into work's upper tile
-      // (j, i), which nothing reads during the factorisation.
-      if (m == j + 1) store_tile(tile0, p.work, ld, j, i, /*transposed=*/true);
-      // This thread's entries of C_im, read while the update is multiplied (read earlier, they
-      // stayed live through the panel products and spilled).
-      TileProduct target = tile_product();
-      double* const c_im = p.work + std::size_t(i) * kT + std::size_t(m) * kT * std::size_t(ld);
-      target.load(c_im, ld);
-      TileProduct update = tile_product();
-      update.multiply<Read::Tile, Read::Tile>(tile0, square ? tile0 : tile1, kT);
-#pragma unroll
-      for (int mi = 0; mi < 2; ++mi)
-#pragma unroll
-        for (int ni = 0; ni < 2; ++ni)
-#pragma unroll
-          for (int v = 0; v < 4; ++v) target.c[mi][ni][v] -= update.c[mi][ni][v];
-      if (item == 0) {  // (j+1, j+1) is final: factor it for step j + 1 (L_jj^{-1} in tile2 is done with)
-        target.write(tile3, 1.0);
-        factor_and_store_wide(p, j + 1);
-      } else {
-        target.store(c_im, ld, 1.0);
-      }
-      __syncthreads();  // the next item's copies overwrite the tiles
-    }
-    grid.sync();
-  }
-
-  // Inverse by doubling, as the 32-wide kernel: for the pair of diagonal blocks A = [q, q + span)
-  // and C = [q + span, q + 2 span) (clipped), S = B A^{-1} into work's lower tiles, then
-  // W[C, A] = -C^{-1} S. Each item's k-loop runs over tile pairs, the next pair copied into the
-  // other two shared tiles while the current one is multiplied.
+  // Block row r of L^{-1} (every W_rm, m < r), one work item per tile: W_rm = -W_rr T_rm with
+  // T_rm = sum over x in [m, r) of L_rx W_xm. It reads L's rows <= r (R's upper tiles, read
+  // transposed) and W's rows < r, all final once factorisation step r - 1 is done, and writes
+  // only its own tile: row r runs during step r beside the trailing updates (the CTAs that would
+  // wait at the step's barrier while the next diagonal tile is factored), the last row after the
+  // loop. (Before: the inverse by doubling after the factorisation, ~17% of a lone 768^2 launch.)
+  // Each item's k-loop runs over tile pairs, the next pair copied into the other two shared tiles
+  // while the current one is multiplied.
   const auto sum_of_products = [&](auto& acc, auto tiles_at, int x_begin, int x_end, auto multiply) {
     // Buffer b is tiles 2b and 2b + 1.
     const auto issue = [&](int x, int buffer) {
@@ -344,44 +297,87 @@ __global__ void __launch_bounds__(kCholThreads, 1) cholesky_inverse_wide_kernel(
     const double* q;
     int q_row, q_col;
   };
-  for (int span = 1; span < nt; span *= 2) {
-    const int pairs = (nt + 2 * span - 1) / (2 * span);
-    const int per_pair = span * span;  // output tiles of a full pair (clipped ones skip)
-    const int items = pairs * per_pair;
-    // Step 1: S_im = sum over x in [m, q + span) of L_ix (A^{-1})_xm; L_ix is R's upper tile
-    // (x, i) read transposed.
-    for (int t = int(blockIdx.x); t < nb * items; t += int(gridDim.x)) {
+  const auto inverse_row_item = [&](const CholeskyParams& p, int r, int m) {
+    TileProduct acc = tile_product();
+    sum_of_products(
+        acc, [&](int x) { return TileRefs{p.work, x, r, p.w, x, m}; }, m, r,
+        [](TileProduct& a, const double* l, const double* w) {
+          a.multiply<Read::Transposed, Read::Transposed>(l, w, kT);
+        });
+    acc.write(tile0, 1.0);  // T_rm (the k-loop ended with a block barrier: the tiles are free)
+    copy_tile_async(tile1, p.w, ld, r, r);
+    commit_copies();
+    wait_copies<0>();
+    __syncthreads();
+    TileProduct out = tile_product();
+    out.multiply<Read::Tile, Read::Transposed>(tile1, tile0, kT);
+    out.store(p.w + std::size_t(r) * kT + std::size_t(m) * kT * std::size_t(ld), ld, -1.0);
+    __syncthreads();  // the next item's copies overwrite the tiles
+  };
+
+  // Step j: work item t is item t / nb of matrix t % nb (items 0, each matrix's next diagonal
+  // tile, go to the first CTAs). Item (i, m), j < m <= i: C_im -= L_ij L_mj^T with the panel tiles
+  // L_ij = A_ij L_jj^{-T} formed here (recomputed by every item that needs them: cheaper than a
+  // barrier).
+  for (int j = 0; j + 1 < nt; ++j) {
+    const int rest = nt - j - 1, count = rest * (rest + 1) / 2;
+    // Per matrix: item 0, then the j items of L^{-1}'s row j, then trailing items 1..count-1.
+    const int items = count + j;
+    const int stride = chol::step_stride(nb, items);  // the items 0 on CTAs of their own
+    for (int t = int(blockIdx.x); t < nb * items; t += stride) {
       const CholeskyParams& p = batch.m[t % nb];
-      const int item = t / nb;
-      int q, i, m;
-      chol::inverse_tile(item, span, q, i, m);
-      if (i >= nt) continue;  // block-uniform: no barrier skipped by part of a CTA
-      TileProduct acc = tile_product();
-      sum_of_products(
-          acc, [&](int x) { return TileRefs{p.work, x, i, p.w, x, m}; }, m, q + span,
-          [](TileProduct& a, const double* l, const double* w) {
-            a.multiply<Read::Transposed, Read::Transposed>(l, w, kT);
-          });
-      acc.store(p.work + std::size_t(i) * kT + std::size_t(m) * kT * std::size_t(ld), ld, 1.0);
-    }
-    grid.sync();
-    // Step 2: W_im = -sum over x in [q + span, i] of (C^{-1})_ix S_xm.
-    for (int t = int(blockIdx.x); t < nb * items; t += int(gridDim.x)) {
-      const CholeskyParams& p = batch.m[t % nb];
-      const int item = t / nb;
-      int q, i, m;
-      chol::inverse_tile(item, span, q, i, m);
-      if (i >= nt) continue;
-      TileProduct acc = tile_product();
-      sum_of_products(
-          acc, [&](int x) { return TileRefs{p.w, i, x, p.work, x, m}; }, q + span, i + 1,
-          [](TileProduct& a, const double* w, const double* s) {
-            a.multiply<Read::Tile, Read::Transposed>(w, s, kT);
-          });
-      acc.store(p.w + std::size_t(i) * kT + std::size_t(m) * kT * std::size_t(ld), ld, -1.0);
+      const int slot = t / nb;
+      if (slot >= 1 && slot <= j) {  // block-uniform
+        inverse_row_item(p, j, slot - 1);
+        continue;
+      }
+      const int item = slot == 0 ? 0 : slot - j;
+      int i, m;
+      chol::trailing_tile(item, j, i, m);
+      const bool square = m == i;
+      copy_tile_async(tile0, p.work, ld, i, j);
+      if (!square) copy_tile_async(tile1, p.work, ld, m, j);
+      copy_tile_async(tile2, p.w, ld, j, j);
+      commit_copies();
+      wait_copies<0>();
+      __syncthreads();
+      TileProduct li = tile_product(), lm = tile_product();
+      li.multiply<Read::Tile, Read::Tile>(tile0, tile2, kT);
+      if (!square) lm.multiply<Read::Tile, Read::Tile>(tile1, tile2, kT);
+      __syncthreads();
+      li.write(tile0, 1.0);
+      if (!square) lm.write(tile1, 1.0);
+      __syncthreads();
+      // Each panel tile is written by exactly one item, as R_ji = L_ij^T into work's upper tile
+      // (j, i), which only the inverse-row items of step i and later read.
+      if (m == j + 1) store_tile(tile0, p.work, ld, j, i, /*transposed=*/true);
+      // This thread's entries of C_im, read while the update is multiplied (read earlier, they
+      // stayed live through the panel products and spilled).
+      TileProduct target = tile_product();
+      double* const c_im = p.work + std::size_t(i) * kT + std::size_t(m) * kT * std::size_t(ld);
+      target.load(c_im, ld);
+      TileProduct update = tile_product();
+      update.multiply<Read::Tile, Read::Tile>(tile0, square ? tile0 : tile1, kT);
+#pragma unroll
+      for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+        for (int ni = 0; ni < 2; ++ni)
+#pragma unroll
+          for (int v = 0; v < 4; ++v) target.c[mi][ni][v] -= update.c[mi][ni][v];
+      if (item == 0) {  // (j+1, j+1) is final: factor it for step j + 1 (L_jj^{-1} in tile2 is done with)
+        target.write(tile3, 1.0);
+        factor_and_store_wide(p, j + 1);
+      } else {
+        target.store(c_im, ld, 1.0);
+      }
+      __syncthreads();  // the next item's copies overwrite the tiles
     }
     grid.sync();
   }
+
+  // L^{-1}'s last block row: everything it reads is final now.
+  for (int t = int(blockIdx.x); t < nb * (nt - 1); t += int(gridDim.x))
+    inverse_row_item(batch.m[t % nb], nt - 1, t / nb);
 }
 
 }  // namespace xkv::cuda::detail
