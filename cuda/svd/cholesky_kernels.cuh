@@ -149,16 +149,16 @@ struct Accumulator {
 };
 
 /// All threads of the CTA: d <- its Cholesky factor (lower, upper part zeroed), inv <- the
-/// factor's inverse. Right-looking, one block barrier per two pivots: thread (lane, warp w) keeps
-/// the entries (lane, w + 8 u) of the trailing matrix in registers, and step c subtracts
-/// L_ic L_mc = (a_ic s)(a_mc s), s = 1 / sqrt(a_cc), from those with c < m <= lane, reading
-/// column c from shared memory (column c + 1 after step c is formed where it is needed); the
-/// owners of columns c + 2 and c + 3 write them back for the next pair. Columns are scaled only
-/// at the end (nothing reads them after their step). Until 2026-11-30 one warp
-/// did all of it, a row per lane, with the column broadcast by shuffles: ~40k cycles per tile, the
-/// critical path of both kernels (a dependent shuffle / rsqrt / fma chain a warp cannot hide).
-/// The same fma with the same operands, so the same bits. fp64 sqrt and division are long
-/// instruction sequences, so each pivot costs one rsqrt and everything else multiplies by it.
+/// factor's inverse. Right-looking, one block barrier per four pivots: thread (lane, warp w) keeps
+/// the entries (lane, w + 8 u) of the trailing matrix in registers, and the block of steps
+/// c .. c + 3 subtracts sum_k L_ik L_mk from those with c < m <= lane, the L entries formed from
+/// columns c .. c + 3 in shared memory by each thread where it needs them; the owners of columns
+/// c + 4 .. c + 7 write them back for the next block. Columns are scaled only at the end
+/// (nothing reads them after their block). Two pivots per barrier until 2026-11-30 12:00 UTC;
+/// before that one warp did all of it, a row per lane, with the column broadcast by shuffles:
+/// ~40k cycles per tile, the critical path of both kernels (a dependent shuffle / rsqrt / fma
+/// chain a warp cannot hide). fp64 sqrt and division are long instruction sequences, so each
+/// pivot costs one rsqrt and everything else multiplies by it.
 /// `first_index` is the tile's first row in the matrix (for *info); `pivot_inverse` is shared
 /// scratch for the 32 values 1 / L_cc. `d(r, c)` and `inv(r, c)` give references to the entries of
 /// the 32 x 32 tiles in shared memory (any layout: the wide-tile kernel factors quarters of its
@@ -173,54 +173,75 @@ __device__ __forceinline__ void factor_tile_in_block(FactorTile d, InverseTile i
   double entry[kColumns];  // (lane, warp + kWarps u), unscaled
 #pragma unroll
   for (int u = 0; u < kColumns; ++u) entry[u] = d(lane, warp + kWarps * u);
-  // Two pivots per barrier: every thread forms column c + 1 after step c itself (the owners'
-  // fma, the same operands, the same bits) where it needs it.
-  static_assert(kCholTile % 2 == 0, "pivots in pairs");
-#pragma unroll 1
-  for (int c = 0; c < kCholTile; c += 2) {
-    __syncthreads();  // column c is final in d, column c + 1 has its value before step c
-    // Every shared value the pair reads, loaded at once: they are all in columns c and c + 1,
-    // which this pair does not write (it writes c + 2 and c + 3), so no load waits behind a store
-    // below. A little: 12.1k -> 11.4k cycles for the 32 pivots of a tile (clock64, H200); the
-    // chain of rsqrt, fma and barrier per pair is the rest.
-    const double a_cc = d(c, c), a_c1c = d(c + 1, c), a_c1c1 = d(c + 1, c + 1);
-    const double a_ic = d(lane, c), a_ic1 = d(lane, c + 1);
-    double a_mc[kColumns], a_mc1[kColumns];
+  // Four pivots per barrier: every thread factors the block's leading 4 x 4 itself (the same
+  // function on the same shared values, so the same bits in every thread and in the owners'
+  // diagonal entries) and forms the four L entries of its row and of its columns' rows from the
+  // block's columns; the owners of the next block's columns write them back. Per pivot the fixed
+  // cost of a barrier and its loads is paid once in four instead of once in two.
+  constexpr int kBlock = 4;
+  static_assert(kCholTile % kBlock == 0, "pivots in blocks of four");
+  // L entries l_k (k < count) of a row whose block-column values are a_k (after the steps before
+  // the block): l_k = (a_k - sum_{x<k} l_x L_kx) s_k, with L_kx the block's own factor.
+  const auto row_factors = [](const double (&a)[kBlock], const double (&block_l)[kBlock][kBlock],
+                              const double (&s)[kBlock], double (&l)[kBlock]) {
 #pragma unroll
-    for (int u = 0; u < kColumns; ++u) {
-      a_mc[u] = d(warp + kWarps * u, c);
-      a_mc1[u] = d(warp + kWarps * u, c + 1);
+    for (int k = 0; k < kBlock; ++k) {
+      double v = a[k];
+#pragma unroll
+      for (int x = 0; x < k; ++x) v = fma(-l[x], block_l[k][x], v);
+      l[k] = v * s[k];
     }
-    double pivot = a_cc;
-    if (!(pivot > 0)) {  // also NaN: flag it, carry on with 1 so every CTA still reaches each barrier
-      if (threadIdx.x == 0 && first_index + c < p.k) atomicCAS(p.info, 0, first_index + c + 1);
-      pivot = 1;
+  };
+#pragma unroll 1
+  for (int c = 0; c < kCholTile; c += kBlock) {
+    __syncthreads();  // columns c .. c + 3 hold their values after the steps before c
+    // The shared values the block reads are all in columns c .. c + 3, which this block does not
+    // write (it writes c + 4 .. c + 7): no load waits behind a store below.
+    double lead[kBlock][kBlock], a_i[kBlock];
+#pragma unroll
+    for (int k = 0; k < kBlock; ++k) {
+#pragma unroll
+      for (int r = k; r < kBlock; ++r) lead[r][k] = d(c + r, c + k);
+      a_i[k] = d(lane, c + k);
     }
-    const double scale = rsqrt(pivot);  // 1 / L_cc
-    const double a_nc = a_c1c * scale;  // L_{c+1,c}
-    double pivot_next = fma(-a_nc, a_nc, a_c1c1);  // a_{c+1,c+1} after step c
-    if (!(pivot_next > 0)) {
-      if (threadIdx.x == 0 && first_index + c + 1 < p.k) atomicCAS(p.info, 0, first_index + c + 2);
-      pivot_next = 1;
+    // The block's factor: s_k = 1 / L_kk and L_rk (r > k), pivots in order, each flagged.
+    double block_l[kBlock][kBlock] = {}, s[kBlock];
+#pragma unroll
+    for (int k = 0; k < kBlock; ++k) {
+      double pivot = lead[k][k];
+#pragma unroll
+      for (int x = 0; x < k; ++x) pivot = fma(-block_l[k][x], block_l[k][x], pivot);
+      if (!(pivot > 0)) {  // also NaN: flag it, carry on with 1 so every CTA still reaches each barrier
+        if (threadIdx.x == 0 && first_index + c + k < p.k) atomicCAS(p.info, 0, first_index + c + k + 1);
+        pivot = 1;
+      }
+      s[k] = rsqrt(pivot);
+#pragma unroll
+      for (int r = k + 1; r < kBlock; ++r) {
+        double v = lead[r][k];
+#pragma unroll
+        for (int x = 0; x < k; ++x) v = fma(-block_l[r][x], block_l[k][x], v);
+        block_l[r][k] = v * s[k];
+      }
     }
-    const double scale_next = rsqrt(pivot_next);
-    if (threadIdx.x == 0) {
-      pivot_inverse[c] = scale;
-      pivot_inverse[c + 1] = scale_next;
-    }
-    const double l_ic = a_ic * scale;
-    const double l_in = fma(-l_ic, a_nc, a_ic1) * scale_next;  // L_{lane,c+1} (lane > c + 1)
+#pragma unroll
+    for (int k = 0; k < kBlock; ++k)  // (s[threadIdx.x] would put s in local memory)
+      if (threadIdx.x == k) pivot_inverse[c + k] = s[k];
+    double l_i[kBlock];
+    row_factors(a_i, block_l, s, l_i);
 #pragma unroll
     for (int u = 0; u < kColumns; ++u) {
       const int m = warp + kWarps * u;
       if (m > c && m <= lane) {
-        const double l_mc = a_mc[u] * scale;
-        entry[u] = fma(-l_ic, l_mc, entry[u]);  // step c
-        if (m > c + 1) {
-          const double a_mn = fma(-l_mc, a_nc, a_mc1[u]);  // a_{m,c+1} after step c
-          entry[u] = fma(-l_in, a_mn * scale_next, entry[u]);  // step c + 1
-        }
-        if (m == c + 2 || m == c + 3) d(lane, m) = entry[u];  // read by the next pair only
+        double a_m[kBlock], l_m[kBlock];
+#pragma unroll
+        for (int k = 0; k < kBlock; ++k) a_m[k] = d(m, c + k);
+        row_factors(a_m, block_l, s, l_m);
+        // Steps c .. min(c + 3, m - 1): a column inside the block takes only the steps before it.
+#pragma unroll
+        for (int k = 0; k < kBlock; ++k)
+          if (c + k < m) entry[u] = fma(-l_i[k], l_m[k], entry[u]);
+        if (m >= c + kBlock && m < c + 2 * kBlock) d(lane, m) = entry[u];  // read by the next block only
       }
     }
   }
