@@ -18,7 +18,8 @@
 // (A/B in one binary, one pivot per barrier in the tile factor); with two per barrier and the
 // blocked copy, 0.555 / 0.288 ms, and one matrix alone 0.377 / 0.252 ms; with each step's
 // diagonal items on CTAs of their own (chol::step_stride), 0.476 / 0.27 ms; with L^{-1} formed
-// during the steps, 0.412 / 0.248 ms, one matrix alone 0.333 / 0.228 (docs/PERFORMANCE.md).
+// during the steps, 0.412 / 0.248 ms; with four pivots per barrier in the tile factor, 0.391 /
+// 0.229 ms, one matrix alone 0.305 / 0.209 (docs/PERFORMANCE.md).
 //
 // Shared tiles are stored column by column with a padded leading dimension: entry (r, c) of a
 // tile at s[c * kLd + r], so that a 512-byte matrix column is one cp.async row. With kLd = 68 the
