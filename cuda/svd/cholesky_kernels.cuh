@@ -180,8 +180,10 @@ __device__ __forceinline__ void factor_tile_in_block(FactorTile d, InverseTile i
   // cost of a barrier and its loads is paid once in four instead of once in two.
   constexpr int kBlock = 4;
   static_assert(kCholTile % kBlock == 0, "pivots in blocks of four");
-  // L entries l_k (k < count) of a row whose block-column values are a_k (after the steps before
-  // the block): l_k = (a_k - sum_{x<k} l_x L_kx) s_k, with L_kx the block's own factor.
+  // The L entries l_k of a row whose values in the block's columns are a_k (after the steps
+  // before the block): l_k = (a_k - sum_{x<k} l_x L_kx) s_k, with L_kx the block's own factor.
+  // Entries above the diagonal (k >= the row's offset in the block) come out meaningless and are
+  // never used.
   const auto row_factors = [](const double (&a)[kBlock], const double (&block_l)[kBlock][kBlock],
                               const double (&s)[kBlock], double (&l)[kBlock]) {
 #pragma unroll
