@@ -15,6 +15,29 @@ namespace {
 
 using namespace xkv_test::reconstruct;
 
+/// A bf16 gathered reconstruct of `tokens` rows of A (a_rows x rank, leading dimension rank)
+/// through B (rank x heads * d) and its transpose bt, token-major into `out`, with `flag` as the
+/// error flag; RoPE, positions and the kernel path are left to the caller.
+ReconstructParams gathered(const void* a, std::int64_t a_rows, int rank, const void* b, const void* bt, int heads,
+                           int d, std::int64_t tokens, const std::int64_t* indices, void* out, int* flag) {
+  ReconstructParams p;
+  p.a = a;
+  p.a_rows = a_rows;
+  p.lda = rank;
+  p.rank = rank;
+  p.b = b;
+  p.ldb = heads * d;
+  p.bt = bt;
+  p.ldbt = rank;
+  p.heads = heads;
+  p.head_dim = d;
+  p.tokens = tokens;
+  p.token_indices = indices;
+  p.out = OutputSpec::token_major(out, tokens, heads, d);
+  p.error_flag = flag;
+  return p;
+}
+
 TEST(CudaReconstruct, GatheredDecodeSizedSelections) {
   SKIP_WITHOUT_GPU();
   std::uint64_t salt = 700;
@@ -74,27 +97,14 @@ TEST(CudaReconstruct, PositionsOutsideTheTableGiveNaNAndFlag) {
     XKV_CUDA_CHECK(cudaMemset(out.get(), 0xff, out.bytes()));  // poison
     XKV_CUDA_CHECK(cudaMemset(flag.get(), 0, sizeof(int)));
     XKV_CUDA_CHECK(cudaDeviceSynchronize());  // legacy-stream memsets done before the run stream reads
-    ReconstructParams p;
+    ReconstructParams p = gathered(a.get(), a_rows, rank, b.get(), bt.get(), heads, d, tokens, idx_d.get(), out.get(),
+                                   flag.get());
     p.kernel = path;
-    p.a = a.get();
-    p.a_rows = a_rows;
-    p.lda = rank;
-    p.rank = rank;
-    p.b = b.get();
-    p.ldb = heads * d;
-    p.bt = bt.get();
-    p.ldbt = rank;
-    p.heads = heads;
-    p.head_dim = d;
-    p.tokens = tokens;
-    p.token_indices = idx_d.get();
     p.positions = pos_d.get();
     p.rope = config;
     p.cos_table = cos_d.get();
     p.sin_table = sin_d.get();
     p.table_positions = table_positions;
-    p.out = OutputSpec::token_major(out.get(), tokens, heads, d);
-    p.error_flag = flag.get();
     xkv::cuda::reconstruct(p);
     XKV_CUDA_CHECK(cudaDeviceSynchronize());
     const auto host = download(out, std::size_t(tokens) * heads * d);
@@ -146,21 +156,8 @@ struct BehindALateWriter {
     idx_d = upload(idx);
     a_d = DeviceBuffer<std::uint16_t>(a.size());
     out = DeviceBuffer<std::uint16_t>(std::size_t(tokens) * heads * d);
-    p.a = a_d.get();
-    p.a_rows = a_rows;
-    p.lda = rank;
-    p.rank = rank;
-    p.b = b_d.get();
-    p.ldb = heads * d;
-    p.bt = bt_d.get();
-    p.ldbt = rank;
-    p.heads = heads;
-    p.head_dim = d;
-    p.tokens = tokens;
-    p.token_indices = idx_d.get();
+    p = gathered(a_d.get(), a_rows, rank, b_d.get(), bt_d.get(), heads, d, tokens, idx_d.get(), out.get(), flag.get());
     p.rope = rope(xkv::RopeStyle::HalfSplit);
-    p.out = OutputSpec::token_major(out.get(), tokens, heads, d);
-    p.error_flag = flag.get();
     const std::vector<double> inv_freq = p.rope.inverse_frequencies(d);
     ref.assign(out.size(), 0.0);
     for (std::int64_t t = 0; t < tokens; ++t) {
