@@ -154,7 +154,7 @@ struct Accumulator {
 /// c .. c + 3 subtracts sum_k L_ik L_mk from those with c < m <= lane, the L entries formed from
 /// columns c .. c + 3 in shared memory by each thread where it needs them; the owners of columns
 /// c + 4 .. c + 7 write them back for the next block. Columns are scaled only at the end
-/// (nothing reads them after their block). Two pivots per barrier until 2026-11-30 12:00 UTC;
+/// (nothing reads them after their block). Two pivots per barrier until 2026-11-30 11:38 UTC;
 /// before that one warp did all of it, a row per lane, with the column broadcast by shuffles:
 /// ~40k cycles per tile, the critical path of both kernels (a dependent shuffle / rsqrt / fma
 /// chain a warp cannot hide). fp64 sqrt and division are long instruction sequences, so each
