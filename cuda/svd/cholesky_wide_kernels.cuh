@@ -19,7 +19,9 @@
 // blocked copy, 0.555 / 0.288 ms, and one matrix alone 0.377 / 0.252 ms; with each step's
 // diagonal items on CTAs of their own (chol::step_stride), 0.476 / 0.27 ms; with L^{-1} formed
 // during the steps, 0.412 / 0.248 ms; with four pivots per barrier in the tile factor, 0.391 /
-// 0.229 ms, one matrix alone 0.305 / 0.209 (docs/PERFORMANCE.md).
+// 0.229 ms, one matrix alone 0.305 / 0.209; with the first diagonal factor beside the copy-down
+// and the last row of L^{-1} summed during the steps, 0.332 / 0.210 ms, alone 0.287 / 0.195
+// (docs/PERFORMANCE.md).
 //
 // Shared tiles are stored column by column with a padded leading dimension: entry (r, c) of a
 // tile at s[c * kLd + r], so that a 512-byte matrix column is one cp.async row. With kLd = 68 the
@@ -36,6 +38,7 @@
 
 #include "cholesky_kernels.cuh"
 #include "dmma.cuh"
+
 
 namespace xkv::cuda::detail {
 
@@ -67,6 +70,10 @@ __device__ __forceinline__ void copy_tile_async(double* s, const double* m, int 
     const unsigned dst = unsigned(__cvta_generic_to_shared(s + c * kLd + r));
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(dst), "l"(src + r + std::size_t(c) * ld));
   }
+}
+/// Issues the copy of one double into shared memory (8-byte cp.async: any layout, no register held).
+__device__ __forceinline__ void copy_double_async(double* s, const double* src) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 8;" ::"r"(unsigned(__cvta_generic_to_shared(s))), "l"(src));
 }
 __device__ __forceinline__ void commit_copies() { asm volatile("cp.async.commit_group;" ::: "memory"); }
 /// Waits until at most `Pending` of this thread's committed copy groups are still in flight.
@@ -239,6 +246,88 @@ __device__ __forceinline__ void factor_and_store_wide(const CholeskyParams& p, i
   store_tile(sinv, p.w, ld, j, j, /*transposed=*/false);
 }
 
+/// Tile (0, 0) of matrix p, straight from its Gram into shared tile s: the lower triangle from the
+/// Gram's upper one (identity beyond k, as the copy-down pads), zeros above. Lets the first
+/// diagonal factor start without waiting for the copy-down of the whole matrix.
+__device__ __forceinline__ void load_first_diagonal_tile(const CholeskyParams& p, double* s) {
+#pragma unroll 4
+  for (int e = int(threadIdx.x); e < kT * kT; e += kThreads) {
+    const int c = e % kT, r = e / kT;  // consecutive threads read consecutive Gram entries (c, r)
+    double* const dst = s + c * kLd + r;
+    if (r >= c && r < p.k && c < p.k) copy_double_async(dst, p.gram + c + std::size_t(r) * p.k);
+    else *dst = r == c ? 1.0 : 0.0;
+  }
+  commit_copies();
+  wait_copies<0>();
+}
+
+/// The copy-down of chol::copy_down_and_clear run by CTAs first_cta.. of the grid, leaving out the
+/// three 32 x 32 blocks of 64-wide tile (0, 0) (load_first_diagonal_tile's), with kInFlight blocks
+/// per CTA in flight at once: each block's Gram entries come into shared memory by 8-byte
+/// cp.async (no registers held), then one barrier, then its columns of work are written. One
+/// block at a time, every block paid a full round trip to memory: 129k cycles of a batch of
+/// eight 768^2 factorisations before any of them could start. W's strictly upper 64-wide tiles
+/// are zeroed here; its other tiles are all written by the factorisation.
+__device__ __forceinline__ void copy_down_and_clear_wide(const CholeskyBatch& batch, int ld, int first_cta,
+                                                         double* scratch) {
+  constexpr int kBlock = kCholTile, kBlockLd = kBlock + 1, kInFlight = 8;
+  static_assert(kInFlight * kBlock * kBlockLd <= 2 * kTileDoubles, "scratch: two shared tiles");
+  static_assert(kBlock * kBlock % kThreads == 0, "whole blocks per pass");
+  constexpr int kSkipped = 3;  // blocks (0, 0), (1, 0), (1, 1): the first three in lower_tile order
+  const int nb = batch.count, blocks = ld / kBlock;
+  const int per_matrix = blocks * (blocks + 1) / 2 - kSkipped, total = nb * per_matrix;
+  const int ctas = int(gridDim.x) - first_cta, cta = int(blockIdx.x) - first_cta;
+  for (int t0 = cta; t0 < total; t0 += kInFlight * ctas) {
+#pragma unroll
+    for (int q = 0; q < kInFlight; ++q) {
+      const int t = t0 + q * ctas;
+      if (t >= total) break;
+      const CholeskyParams& p = batch.m[t % nb];
+      int bi, bj;
+      chol::lower_tile(t / nb + kSkipped, bi, bj);
+      double* const block = scratch + q * kBlock * kBlockLd;
+#pragma unroll
+      for (int u = 0; u < kBlock * kBlock / kThreads; ++u) {
+        const int e = int(threadIdx.x) + u * kThreads, x = e % kBlock, y = e / kBlock;
+        const int r = bi * kBlock + y, c = bj * kBlock + x;  // work(r, c) <- Gram(c, r)
+        double* const dst = block + y * kBlockLd + x;
+        if (r >= c && r < p.k && c < p.k) copy_double_async(dst, p.gram + c + std::size_t(r) * p.k);
+        else *dst = r == c ? 1.0 : 0.0;
+      }
+    }
+    commit_copies();
+    wait_copies<0>();
+    __syncthreads();
+#pragma unroll
+    for (int q = 0; q < kInFlight; ++q) {
+      const int t = t0 + q * ctas;
+      if (t >= total) break;
+      const CholeskyParams& p = batch.m[t % nb];
+      int bi, bj;
+      chol::lower_tile(t / nb + kSkipped, bi, bj);
+      const double* const block = scratch + q * kBlock * kBlockLd;
+#pragma unroll
+      for (int u = 0; u < kBlock * kBlock / kThreads; ++u) {
+        const int e = int(threadIdx.x) + u * kThreads, y = e % kBlock, x = e / kBlock;
+        const int r = bi * kBlock + y, c = bj * kBlock + x;
+        if (r >= c) p.work[r + std::size_t(c) * ld] = block[y * kBlockLd + x];
+      }
+    }
+    __syncthreads();  // the next pass's copies overwrite the scratch
+  }
+  const int tiles = ld / kT, upper = tiles * (tiles - 1) / 2;
+  for (int t = cta; t < nb * upper; t += ctas) {
+    const CholeskyParams& p = batch.m[t % nb];
+    int i, m;  // strictly upper tile (m, i + 1) for lower-triangle tile (i, m), m <= i
+    chol::lower_tile(t / nb, i, m);
+    double2* const dst = reinterpret_cast<double2*>(p.w + std::size_t(m) * kT + std::size_t(i + 1) * kT * ld);
+    for (int e = int(threadIdx.x); e < kT * kT / 2; e += kThreads) {
+      const int r2 = e % (kT / 2), c = e / (kT / 2);
+      dst[r2 + std::size_t(c) * (ld / 2)] = make_double2(0.0, 0.0);
+    }
+  }
+}
+
 }  // namespace cholw
 
 /// The cholesky_inverse_kernel of cholesky_kernels.cuh on 64-wide tiles (CholeskyParams::tiles
@@ -254,17 +343,29 @@ __global__ void __launch_bounds__(kCholThreads, 1) cholesky_inverse_wide_kernel(
   double* const tile3 = shared + kFactorTile * kTileDoubles;
   const int nb = batch.count;
   const int nt = batch.m[0].tiles, ld = nt * kT;  // every matrix of a batch has the same size
-
-  chol::copy_down_and_clear(batch, ld, tile0);
-  grid.sync();
-  for (int m = int(blockIdx.x); m < nb; m += int(gridDim.x)) {
-    const CholeskyParams& p = batch.m[m];
-    copy_tile_async(tile3, p.work, ld, 0, 0);
-    commit_copies();
-    wait_copies<0>();
-    factor_and_store_wide(p, 0);  // begins with a block barrier
+  if (int(gridDim.x) > nb) {  // grid-uniform
+    // CTA m factors matrix m's tile (0, 0) straight from its Gram while the others copy the rest
+    // of the Grams down (and clear W), instead of one after the other.
+    if (int(blockIdx.x) < nb) {
+      const CholeskyParams& p = batch.m[blockIdx.x];
+      load_first_diagonal_tile(p, tile3);
+      factor_and_store_wide(p, 0);  // begins with a block barrier
+    } else {
+      copy_down_and_clear_wide(batch, ld, nb, tile0);
+    }
+    grid.sync();
+  } else {
+    chol::copy_down_and_clear(batch, ld, tile0);
+    grid.sync();
+    for (int m = int(blockIdx.x); m < nb; m += int(gridDim.x)) {
+      const CholeskyParams& p = batch.m[m];
+      copy_tile_async(tile3, p.work, ld, 0, 0);
+      commit_copies();
+      wait_copies<0>();
+      factor_and_store_wide(p, 0);  // begins with a block barrier
+    }
+    grid.sync();
   }
-  grid.sync();
 
   // Block row r of L^{-1} (every W_rm, m < r), one work item per tile: W_rm = -W_rr T_rm with
   // T_rm = sum over x in [m, r) of L_rx W_xm. It reads L's rows <= r (R's upper tiles, read
@@ -299,13 +400,31 @@ __global__ void __launch_bounds__(kCholThreads, 1) cholesky_inverse_wide_kernel(
     const double* q;
     int q_row, q_col;
   };
-  const auto inverse_row_item = [&](const CholeskyParams& p, int r, int m) {
-    TileProduct acc = tile_product();
+  // T_rm's terms x in [x_begin, x_end) added to acc.
+  const auto add_terms = [&](TileProduct& acc, const CholeskyParams& p, int r, int m, int x_begin, int x_end) {
     sum_of_products(
-        acc, [&](int x) { return TileRefs{p.work, x, r, p.w, x, m}; }, m, r,
+        acc, [&](int x) { return TileRefs{p.work, x, r, p.w, x, m}; }, x_begin, x_end,
         [](TileProduct& a, const double* l, const double* w) {
           a.multiply<Read::Transposed, Read::Transposed>(l, w, kT);
         });
+  };
+  // The last block row's T_rm accumulates in W_rm's own tile, one term per step: step j adds the
+  // term x = j - 1 (L_rx from step x's panel, W_xm from step x's inverse row, both final), so the
+  // CTAs the step's diagonal factor leaves waiting do it a tile product at a time, and after the
+  // loop only the term x = r - 1 is left. (Summed after the loop, the row's first tile took ten
+  // products there.) The accumulators are fp64 and the terms come in order: the same bits.
+  const auto last_row_term_item = [&](const CholeskyParams& p, int r, int m, int x) {
+    TileProduct acc = tile_product();
+    double* const t_rm = p.w + std::size_t(r) * kT + std::size_t(m) * kT * std::size_t(ld);
+    if (x > m) acc.load(t_rm, ld);
+    add_terms(acc, p, r, m, x, x + 1);
+    acc.store(t_rm, ld, 1.0);
+  };
+  // W_rm = -W_rr T_rm; terms from x_begin on (before it, T's partial sum is in W_rm's tile).
+  const auto inverse_row_item = [&](const CholeskyParams& p, int r, int m, int x_begin) {
+    TileProduct acc = tile_product();
+    if (x_begin > m) acc.load(p.w + std::size_t(r) * kT + std::size_t(m) * kT * std::size_t(ld), ld);
+    add_terms(acc, p, r, m, x_begin, r);
     acc.write(tile0, 1.0);  // T_rm (the k-loop ended with a block barrier: the tiles are free)
     copy_tile_async(tile1, p.w, ld, r, r);
     commit_copies();
@@ -323,14 +442,20 @@ __global__ void __launch_bounds__(kCholThreads, 1) cholesky_inverse_wide_kernel(
   // barrier).
   for (int j = 0; j + 1 < nt; ++j) {
     const int rest = nt - j - 1, count = rest * (rest + 1) / 2;
-    // Per matrix: item 0, then the j items of L^{-1}'s row j, then trailing items 1..count-1.
-    const int items = count + j;
+    // Per matrix: item 0, then the j items of L^{-1}'s row j, then trailing items 1..count-1, then
+    // the j items adding the term x = j - 1 to the last row's T_rm, m < j.
+    const int items = count + 2 * j;
     const int stride = chol::step_stride(nb, items);  // the items 0 on CTAs of their own
     for (int t = int(blockIdx.x); t < nb * items; t += stride) {
       const CholeskyParams& p = batch.m[t % nb];
       const int slot = t / nb;
       if (slot >= 1 && slot <= j) {  // block-uniform
-        inverse_row_item(p, j, slot - 1);
+        inverse_row_item(p, j, slot - 1, slot - 1);
+        continue;
+      }
+      if (slot >= count + j) {
+        last_row_term_item(p, nt - 1, slot - count - j, j - 1);
+        __syncthreads();  // the next item's copies overwrite the tiles
         continue;
       }
       const int item = slot == 0 ? 0 : slot - j;
@@ -377,9 +502,11 @@ __global__ void __launch_bounds__(kCholThreads, 1) cholesky_inverse_wide_kernel(
     grid.sync();
   }
 
-  // L^{-1}'s last block row: everything it reads is final now.
-  for (int t = int(blockIdx.x); t < nb * (nt - 1); t += int(gridDim.x))
-    inverse_row_item(batch.m[t % nb], nt - 1, t / nb);
+  // L^{-1}'s last block row: its last term (the last step's panel and inverse row) and W_rr.
+  for (int t = int(blockIdx.x); t < nb * (nt - 1); t += int(gridDim.x)) {
+    const int m = t / nb;
+    inverse_row_item(batch.m[t % nb], nt - 1, m, m < nt - 2 ? nt - 2 : m);
+  }
 }
 
 }  // namespace xkv::cuda::detail
