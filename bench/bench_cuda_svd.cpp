@@ -109,19 +109,22 @@ double optimum_squared(Group& g, std::int64_t n, int d) {
 }
 
 /// How the Gram product's rounds run (GpuCompressorOptions::gram_filter, chebyshev_rounds,
-/// gram_precision).
+/// gram_precision, plain_last_round).
 struct GramRounds {
   xkv::cuda::GramFilter filter;
   int chebyshev_rounds;
   xkv::cuda::GramPrecision precision;
+  bool plain_last_round = false;
 
   void apply(xkv::cuda::GpuCompressorOptions& opt) const {
     opt.gram_filter = filter;
     opt.chebyshev_rounds = chebyshev_rounds;
     opt.gram_precision = precision;
+    opt.plain_last_round = plain_last_round;
   }
 };
 constexpr GramRounds kDefaultRounds{xkv::cuda::GramFilter::Chebyshev, 2, xkv::cuda::GramPrecision::Fp16};
+constexpr GramRounds kPlainLastRounds{xkv::cuda::GramFilter::Chebyshev, 2, xkv::cuda::GramPrecision::Fp16, true};
 constexpr GramRounds kOneChebyshevRound{xkv::cuda::GramFilter::Chebyshev, 1, xkv::cuda::GramPrecision::Fp16};
 constexpr GramRounds kPlainRounds{xkv::cuda::GramFilter::Power, 0, xkv::cuda::GramPrecision::Fp16};
 constexpr GramRounds kTf32Rounds{xkv::cuda::GramFilter::Chebyshev, 2, xkv::cuda::GramPrecision::Tf32};
@@ -327,7 +330,8 @@ int main(int argc, char** argv) {
       benchmark::RegisterBenchmark(("gpu_svd_subspace/" + shape).c_str(), bm_svd, n, d, GpuSvdMethod::Subspace, -1, false, Auto, kDefaultRounds)
           ->UseManualTime()->Unit(benchmark::kMillisecond)->Iterations(5)->Repetitions(5)->ReportAggregatesOnly(true);
       if (n >= 32768 && d == 4096) {  // the other rounds from the Gram matrix, for the ratios
-        for (const auto& [rounds, name] : {std::pair{kOneChebyshevRound, "chebyshev1"}, std::pair{kPlainRounds, "power"},
+        for (const auto& [rounds, name] : {std::pair{kPlainLastRounds, "plainlast"},
+                                           std::pair{kOneChebyshevRound, "chebyshev1"}, std::pair{kPlainRounds, "power"},
                                            std::pair{kTf32Rounds, "tf32"}, std::pair{kSplitRounds, "split"}})
           benchmark::RegisterBenchmark(("gpu_svd_subspace_" + std::string(name) + "/" + shape).c_str(), bm_svd, n, d,
                                        GpuSvdMethod::Subspace, -1, false, Auto, rounds)
@@ -368,7 +372,8 @@ int main(int argc, char** argv) {
       }
   for (const int lanes : {8, 16})
     for (const bool lockstep : {false, true})
-      for (const auto& [rounds, variant] : {std::pair{kDefaultRounds, ""}, std::pair{kOneChebyshevRound, "/chebyshev1"},
+      for (const auto& [rounds, variant] : {std::pair{kDefaultRounds, ""}, std::pair{kPlainLastRounds, "/plainlast"},
+                                            std::pair{kOneChebyshevRound, "/chebyshev1"},
                                             std::pair{kPlainRounds, "/power"}, std::pair{kTf32Rounds, "/tf32"},
                                             std::pair{kSplitRounds, "/split"}})
         benchmark::RegisterBenchmark(("gpu_svd_whole_model_32k_concurrent_compressor/lanes=" + std::to_string(lanes) +

@@ -2,7 +2,8 @@
 // CUDA events, and write A and B for an external error check (bench/svd_side_by_side.py).
 //   xkv_svd_cli --in X.bin --n N --layers G --heads H --head-dim d --rank r [--method subspace|randomized|exact]
 //               [--iters K] [--oversampling p] [--power-iterations q] [--ritz syevd|syevd32|syevj|syevj32]
-//               [--filter chebyshev|power] [--chebyshev-rounds c] [--gram-precision fp16|fp16split|tf32] [--staging fraction]
+//               [--filter chebyshev|power] [--chebyshev-rounds c] [--plain-last-round 0|1]
+//               [--gram-precision fp16|fp16split|tf32] [--staging fraction]
 //               [--out-a A.bin --out-b B.bin]
 // X.bin is row-major [n x G*H*d] bf16; layer l is columns [l*H*d, (l+1)*H*d). Prints one line:
 //   method=... median_ms=... min_ms=... workspace_bytes=...
@@ -267,6 +268,7 @@ int main(int argc, char** argv) try {
   opt.oversampling = int(number(args, "oversampling", opt.oversampling));
   opt.power_iterations = int(number(args, "power-iterations", opt.power_iterations));
   opt.chebyshev_rounds = int(number(args, "chebyshev-rounds", opt.chebyshev_rounds));
+  opt.plain_last_round = number(args, "plain-last-round", opt.plain_last_round ? 1 : 0) != 0;
   const std::string filter =
       args.count("filter") ? args.at("filter") : (opt.gram_filter == xkv::cuda::GramFilter::Power ? "power" : "chebyshev");
   if (filter != "chebyshev" && filter != "power") {

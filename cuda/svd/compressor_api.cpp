@@ -187,7 +187,11 @@ Plan make_plan(CompressorState& st, const GpuCompressorOptions& opt, const SvdAr
   std::size_t dev = 0, host = 0;
   if (method == GpuSvdMethod::Subspace && choose_gram(p, opt, st_bytes)) {
     p.chebyshev = opt.gram_filter == GramFilter::Chebyshev;
-    p.gram_rounds = p.chebyshev ? opt.chebyshev_rounds + 2 : opt.power_iterations + 1;
+    // Ending on a filtered round needs two of them, and not the steep spectra the split G is for
+    // (GpuCompressorOptions::plain_last_round).
+    p.filtered_last = p.chebyshev && !opt.plain_last_round && opt.chebyshev_rounds >= 2 &&
+                      opt.gram_precision != GramPrecision::Fp16Split;
+    p.gram_rounds = p.chebyshev ? opt.chebyshev_rounds + (p.filtered_last ? 1 : 2) : opt.power_iterations + 1;
     p.gram_half = opt.gram_precision == GramPrecision::Fp16 || opt.gram_precision == GramPrecision::Fp16Split;
     p.gram_split = opt.gram_precision == GramPrecision::Fp16Split;
     XKV_REQUIRE(!p.gram_split || p.d <= kMaxSplitGramWidth,

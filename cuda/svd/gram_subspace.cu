@@ -6,9 +6,9 @@
 //   each round:      Z = G V             fp16 GEMM from a scaled fp16 G (GramPrecision::Fp16, the
 //                                        default), two from a split one (H V + L V, Fp16Split) or
 //                                        TF32, 2 D^2 r FLOPs each (X^T X V for ~1/n of the cost);
-//                                        GramFilter::Chebyshev, between a plain first and last
-//                                        round: Z = p(G) V, p of degree 2 (two such GEMMs,
-//                                        chebyshev_kernels.cuh)
+//                                        GramFilter::Chebyshev, after a plain first round (and
+//                                        before a plain last one if asked): Z = p(G) V, p of
+//                                        degree 2 (two such GEMMs, chebyshev_kernels.cuh)
 //                    V = CholeskyQR(Z)   fp64 tensor-core products from the fp32 Z
 //   B = V^T, A = X V                     the second and last read of X
 //
@@ -126,8 +126,8 @@ void multiply_gram(CompressorState& st, const RoundOperands<Basis>& op, std::int
          CUDA_R_32F, d, Op::compute);
 }
 
-/// One round's product into z: G V (the first and last rounds, and GramFilter::Power), else the
-/// degree-2 Chebyshev filter (G^2 - b G + b^2/8) V / trace G (chebyshev_kernels.cuh), which
+/// One round's product into z: G V (the first round, a plain last one, and GramFilter::Power), else
+/// the degree-2 Chebyshev filter (G^2 - b G + b^2/8) V / trace G (chebyshev_kernels.cuh), which
 /// leaves Y in the basis buffer. With r = D nothing is discarded and every round is plain.
 template <class Basis>
 void round_product(CompressorState& st, const Plan& plan, int round, const RoundOperands<Basis>& op, float* z,
@@ -135,7 +135,7 @@ void round_product(CompressorState& st, const Plan& plan, int round, const Round
   const std::int64_t d = plan.d;
   const int r = plan.rank;
   multiply_gram(st, op, d, r, 0.0f, z);
-  const bool filtered = plan.chebyshev && round > 0 && round + 1 < plan.gram_rounds && d > r;
+  const bool filtered = plan.chebyshev && round > 0 && (round + 1 < plan.gram_rounds || plan.filtered_last) && d > r;
   if (!filtered) return;
   filter_traces_kernel<Basis><<<kFilterBlocks, 256, 0, stream>>>(op.basis, z, d * r, op.gram, op.gram_lo, d, op.ld,
                                                                  filter_partials);
@@ -342,7 +342,8 @@ void run_gram_subspace_lockstep(std::span<const GramJob<T>> jobs, cudaStream_t f
   for (const GramJob<T>& job : jobs) {
     const Plan& plan = *job.plan;
     XKV_REQUIRE(plan.gram && plan.rank == first.rank && plan.gram_rounds == first.gram_rounds &&
-                    plan.chebyshev == first.chebyshev && plan.gram_half == first.gram_half &&
+                    plan.chebyshev == first.chebyshev && plan.filtered_last == first.filtered_last &&
+                    plan.gram_half == first.gram_half &&
                     plan.gram_split == first.gram_split,
                 "run_gram_subspace_lockstep: jobs must all take the Gram product with one rank, filter, round count "
                 "and precision");

@@ -92,7 +92,8 @@ struct Plan {
   bool gram = false;
   int gram_blocks = 1;         ///< G is built as this many upper block-rows ...
   int gram_tile = 0;           ///< ... or, if > 0, as the upper tiles of this size in one batched GEMM
-  bool chebyshev = false;      ///< Gram rounds between the first and the last apply the degree-2 Chebyshev filter
+  bool chebyshev = false;      ///< Gram rounds after the first apply the degree-2 Chebyshev filter ...
+  bool filtered_last = false;  ///< ... the last one too (else the last is plain: GpuCompressorOptions::plain_last_round)
   int gram_rounds = 0;         ///< Gram: rounds, each ending in one CholeskyQR step
   bool gram_half = false;      ///< Gram rounds multiply G and V in fp16 (GramPrecision::Fp16), G converted in place
   bool gram_split = false;     ///< ... with G as two fp16 matrices H + L (GramPrecision::Fp16Split), two GEMMs per product

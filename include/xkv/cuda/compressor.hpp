@@ -52,9 +52,9 @@ enum class SubspaceProduct {
   /// column blocks), then each round is G V (fp16 or TF32, D^2 r FLOPs) and X is read twice in all.
   /// Workspace adds the D x D fp32 G. Forming G squares the spectrum's range, and the rounds'
   /// 11-bit products of G cannot resolve a discarded eigenvalue much below ~1e-5 of the largest:
-  /// measured on an H200 (n = 32768, D = 4096, r = 512, s_i ~ i^-a), the default rounds keep
-  /// err/opt at 1.0033 / 1.0047 for a = 0.6 / 0.8 (s_1 / s_r ~ 40 / 150) but reach 1.27 at
-  /// a = 1.0, where the sketches of GpuSvdMethod::Randomized stay at 1.007-1.009
+  /// measured on an H200 (n = 32768, D = 4096, r = 512, s_i ~ i^-a), two Chebyshev rounds and a
+  /// plain last one keep err/opt at 1.0033 / 1.0047 for a = 0.6 / 0.8 (s_1 / s_r ~ 40 / 150) but
+  /// reach 1.27 at a = 1.0, where the sketches of GpuSvdMethod::Randomized stay at 1.007-1.009
   /// (docs/PERFORMANCE.md, "Precision floor of the Gram product").
   Gram,
 };
@@ -64,8 +64,8 @@ enum class SubspaceProduct {
 /// G V product (a latency-bound Cholesky chain and two fp64 D x r x r products).
 enum class GramFilter {
   Power,  ///< q + 1 rounds V <- CholeskyQR(G V) (q = power_iterations), as the sketches
-  /// The default: a first and a last round V <- CholeskyQR(G V) and, between them,
-  /// `chebyshev_rounds` rounds V <- CholeskyQR(p(G) V) with p the degree-2 Chebyshev polynomial
+  /// The default: a first round V <- CholeskyQR(G V), then `chebyshev_rounds` rounds
+  /// V <- CholeskyQR(p(G) V) with p the degree-2 Chebyshev polynomial
   /// that is small on [0, b] (p(G) = G^2 - b G + b^2/8, two G products): b is the mean
   /// eigenvalue of G outside span(V), (trace G - trace V^T G V) / (D - r), so the discarded
   /// spectrum is damped on both sides of b/2 instead of only relative to the kept eigenvalues.
@@ -77,9 +77,14 @@ enum class GramFilter {
   /// 1.0103 / 1.0156 / 1.0128 at a = 0.8. p(G) V spans a range of ~(lambda_1 / b)^2: CholeskyQR
   /// orthonormalises it only because its diagonal shift is taken per column (after Jacobi
   /// scaling); a shift relative to the trace swamped the small columns (c = 1 gave 1.24 at a = 0.8).
-  /// The last round is plain because one CholeskyQR step of that range is not orthonormal to
-  /// fp32 accuracy. Only the Gram product offers the filter: the 16-bit sketches could not hold
-  /// that range at all.
+  /// A plain round V <- CholeskyQR(G V) follows the filtered ones when there are fewer than two
+  /// of them, with GramPrecision::Fp16Split, or when GpuCompressorOptions::plain_last_round asks
+  /// for it (the figures above have it).
+  /// After one filtered round the basis is still far from the leading eigenvectors and one
+  /// CholeskyQR step of that range is not orthonormal to fp32 accuracy; after two, each column is
+  /// close to one eigenvector, the columns of p(G) V differ in scale but hardly in direction, and
+  /// one (Jacobi-scaled) step orthonormalises them. Only the Gram product offers the filter: the
+  /// 16-bit sketches could not hold that range at all.
   Chebyshev,
 };
 
@@ -98,7 +103,7 @@ enum class GramPrecision {
   /// memory); every G V product is two fp16 GEMMs (H V + L V), V still in fp16. The rounds' 11-bit
   /// G is what limits the Gram product on steep spectra (SubspaceProduct::Gram); this lifts that
   /// floor for twice the products' time. On an H200 (n = 32768, D = 4096, r = 512, s_i ~ i^-1.0)
-  /// err/opt 1.020 with the default rounds and 1.011 with plain rounds (q = 4) instead of 1.27,
+  /// err/opt 1.020 with two Chebyshev rounds and 1.011 with plain rounds (q = 4) instead of 1.27,
   /// in 3.14 ms instead of 2.97 (docs/PERFORMANCE.md). Needs D <= 49152 (one column of G in a
   /// block's shared memory while it is rewritten).
   Fp16Split,
@@ -114,7 +119,8 @@ enum class RitzSolver {
 
 struct GpuCompressorOptions {
   /// Subspace is the fast default: err/opt about 1.003-1.006 on slowly decaying spectra (from the
-  /// Gram matrix at n >= ~8 D with two Chebyshev rounds, else over the sketches with q = 4;
+  /// Gram matrix at n >= ~8 D with two Chebyshev rounds, 1.005 ending on the second, else over
+  /// the sketches with q = 4;
   /// docs/PERFORMANCE.md); Randomized with
   /// q = 2 reaches about the same error with fewer passes over X but pays for the eigensolver, and
   /// holds it on spectra that fall too fast for the Gram product (see SubspaceProduct::Gram);
@@ -129,11 +135,22 @@ struct GpuCompressorOptions {
   RitzSolver ritz_solver = RitzSolver::Syevd;
   SubspaceProduct subspace_product = SubspaceProduct::Auto;
   GramFilter gram_filter = GramFilter::Chebyshev;  ///< rounds from the Gram matrix (see GramFilter)
-  /// GramFilter::Chebyshev: filtered rounds between the plain first and last, in [0, 12]. One
-  /// round (a CholeskyQR step and two G products fewer) took a Llama-3.1-8B 32k-token model's 16
-  /// groups from 30.3-30.7 to 27.1-27.2 ms on an H200 (ConcurrentCompressor, 8 lanes) at err/opt
-  /// 1.0078 / 1.0089 (r = 512 / 768, s_i ~ i^-0.6) instead of 1.0035 / 1.0039 (docs/PERFORMANCE.md).
+  /// GramFilter::Chebyshev: filtered rounds after the plain first round, in [0, 12]. One round
+  /// (then always followed by a plain round: 3 CholeskyQR steps and 4 G products, against the
+  /// default's 3 and 5) took a Llama-3.1-8B 32k-token model's 16 groups 27.3-28.1 ms on an H200
+  /// (ConcurrentCompressor, 8 and 16 lanes) against the default's 27.4-28.6 in the same run, at
+  /// err/opt 1.0078 against 1.0049 per group (n = 32768, D = 4096, r = 512, s_i ~ i^-0.6;
+  /// docs/PERFORMANCE.md).
   int chebyshev_rounds = 2;
+  /// GramFilter::Chebyshev with chebyshev_rounds >= 2: false (the default) ends on the last filtered
+  /// round; true runs a plain round V <- CholeskyQR(G V) after it, one CholeskyQR step and one G
+  /// product more per group. On an H200 (n = 32768, D = 4096, r = 512, s_i ~ i^-0.6): err/opt
+  /// 1.0049 in 2.33 ms against 1.0035 in 2.65 ms, and a Llama-3.1-8B 32k-token model's 16 groups
+  /// (ConcurrentCompressor, 8 lanes) in 27.4-27.8 ms against 30.4-30.6 ms (docs/PERFORMANCE.md).
+  /// The plain round always runs with fewer than two filtered rounds, and with
+  /// GramPrecision::Fp16Split: on the steep spectra the split G is for, a filtered round's basis
+  /// is not orthonormal after one CholeskyQR step (err/opt 1.16 against 1.02 at s_i ~ i^-1.3).
+  bool plain_last_round = false;
   GramPrecision gram_precision = GramPrecision::Fp16;  ///< operands of the Gram rounds' G V products
   /// CTAs of the one-launch Cholesky factorisation (a latency-bound cooperative kernel whose CTAs
   /// wait at grid barriers): 0 uses as many as its widest step can (fastest for one group alone);
