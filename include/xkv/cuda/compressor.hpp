@@ -69,9 +69,10 @@ enum class GramFilter {
   /// that is small on [0, b] (p(G) = G^2 - b G + b^2/8, two G products): b is the mean
   /// eigenvalue of G outside span(V), (trace G - trace V^T G V) / (D - r), so the discarded
   /// spectrum is damped on both sides of b/2 instead of only relative to the kept eigenvalues.
-  /// Two such rounds (4 CholeskyQR steps, 6 products) err less than Power with q = 4 (5 steps, 5
-  /// products) and take less time; one (3 steps, 4 products) is faster still and about as
-  /// accurate as q = 4. On an H200 (n = 32768, D = 4096, s_i ~ i^-a; docs/PERFORMANCE.md), r = 512:
+  /// Two such rounds and a plain last one (4 CholeskyQR steps, 6 products) err less than Power
+  /// with q = 4 (5 steps, 5 products) and take less time; one (3 steps, 4 products) is faster
+  /// still and about as accurate as q = 4; two without the plain last round (the default, 3 steps,
+  /// 5 products) sit between (see plain_last_round). On an H200 (n = 32768, D = 4096, s_i ~ i^-a; docs/PERFORMANCE.md), r = 512:
   /// c = 2 / c = 1 / q = 4 err/opt 1.0033 / 1.0076 / 1.0056 at a = 0.6, 1.0047 / 1.0091 / 1.0068 at
   /// a = 0.8, in 2.96 / 2.47 / 3.30 ms; r = 768: 1.0041 / 1.0091 / 1.0070 at a = 0.6 and
   /// 1.0103 / 1.0156 / 1.0128 at a = 0.8. p(G) V spans a range of ~(lambda_1 / b)^2: CholeskyQR
