@@ -152,7 +152,7 @@ void run_randomized(CompressorState& st, const Plan& plan, const SvdArguments<T>
   double* vr = zd;  // V_r (d x r, fp64) reuses Z's fp64 copy
   dgemm(st.blas, CUBLAS_OP_N, CUBLAS_OP_N, d, r, k, bt, d, wsc, k, vr, d);
   convert(vr, vrt, d * r, stream);
-  write_b_blocks_kernel<T, T><<<grid_for(d * r), kThreads, 0, stream>>>(vrt, d, r, plan.width, args.b);
+  write_b_blocks<T, T>(vrt, d, r, plan.width, args.b, stream);
   check_launch();
   project_rows(st, plan, tab, vrt, r, stage, args.a, stream);
   if (args.energies) {
@@ -270,7 +270,7 @@ int run_exact(CompressorState& st, const Plan& plan, const SvdArguments<T>& args
   take_top_columns_kernel<float, T><<<grid_for(m * r), kThreads, 0, stream>>>(s, m, int(m), r, nullptr, vrt);
   check_launch();
   if (plan.cols_side) {  // V_r = vrt; B = V_r^T; A = X V_r
-    write_b_blocks_kernel<T, T><<<grid_for(d * r), kThreads, 0, stream>>>(vrt, d, r, plan.width, args.b);
+    write_b_blocks<T, T>(vrt, d, r, plan.width, args.b, stream);
     check_launch();
     const std::int64_t chunks = (n + plan.chunk_rows - 1) / plan.chunk_rows;
     for (std::int64_t c = 0; c < chunks; ++c) {

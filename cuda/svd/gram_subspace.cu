@@ -274,16 +274,22 @@ void gram_lockstep(std::span<const GramJob<T>> jobs, cudaStream_t factor_stream)
   }
   // One event per job (its Gram of Z is ready) and one for the batch's factors; re-recording an
   // event is safe once the waits on its previous record are enqueued.
-  std::vector<cudaEvent_t> ready(jobs.size(), nullptr);
+  std::vector<cudaEvent_t> ready(jobs.size(), nullptr), drawn(jobs.size(), nullptr);
   cudaEvent_t factored = nullptr;
   auto release = [&] {
-    for (cudaEvent_t e : ready)
-      if (e) (void)cudaEventDestroy(e);
+    for (const auto* events : {&ready, &drawn})
+      for (cudaEvent_t e : *events)
+        if (e) (void)cudaEventDestroy(e);
     if (factored) (void)cudaEventDestroy(factored);
   };
   try {
     for (cudaEvent_t& e : ready) XKV_CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
     XKV_CUDA_CHECK(cudaEventCreateWithFlags(&factored, cudaEventDisableTiming));
+    // start[j]: the Gaussian basis job j's first round multiplies. Jobs with one seed and side (the
+    // Compressors of a ConcurrentCompressor share their options) draw the same one, so only the
+    // first of them draws it and the others read its buffer: that job's first CholeskyQR overwrites
+    // it only after the batch's factorisation, which waits for every job's first product.
+    std::vector<Basis*> start(jobs.size(), nullptr);
     for (std::size_t j = 0; j < jobs.size(); ++j) {  // the bulk: every G, and the starts of run_gram_subspace
       const GramJob<T>& job = jobs[j];
       Buffers& b = bufs[j];
@@ -292,8 +298,18 @@ void gram_lockstep(std::span<const GramJob<T>> jobs, cudaStream_t factor_stream)
                 job.args->energies ? b.partials : nullptr, job.ws.template get<void*>(job.plan->off_gram_pointers),
                 job.stream);
       b.op = round_operands<Basis>(*job.plan, job.ws, job.stream);
-      gaussian_kernel<T, Basis><<<grid_for(d * r), kThreads, 0, job.stream>>>(b.op.basis, d * r, job.st->seed);
-      check_launch();
+      std::size_t first = 0;
+      while (first < j && !(jobs[first].st->seed == job.st->seed && jobs[first].plan->d == d)) ++first;
+      if (first == j) {
+        gaussian_kernel<T, Basis><<<grid_for(d * r), kThreads, 0, job.stream>>>(b.op.basis, d * r, job.st->seed);
+        check_launch();
+        XKV_CUDA_CHECK(cudaEventCreateWithFlags(&drawn[j], cudaEventDisableTiming));
+        XKV_CUDA_CHECK(cudaEventRecord(drawn[j], job.stream));
+        start[j] = b.op.basis;
+      } else {
+        XKV_CUDA_CHECK(cudaStreamWaitEvent(job.stream, drawn[first]));
+        start[j] = start[first];
+      }
     }
     std::vector<CholeskyTask> tasks(jobs.size());
     for (int round = 0; round < rounds; ++round) {
@@ -301,7 +317,9 @@ void gram_lockstep(std::span<const GramJob<T>> jobs, cudaStream_t factor_stream)
         const GramJob<T>& job = jobs[j];
         Buffers& b = bufs[j];
         const std::int64_t d = job.plan->d;
-        round_product(*job.st, *job.plan, round, b.op, b.z, b.filter_partials, job.stream);
+        RoundOperands<Basis> op = b.op;
+        if (round == 0) op.basis = start[j];  // read only: the first round is plain
+        round_product(*job.st, *job.plan, round, op, b.z, b.filter_partials, job.stream);
         cholesky_qr_gram(b.z, d, r, b.g, GramScratch(b.chol, b.g), job.stream, round == 0 ? b.info + kNonFiniteSlot : nullptr);
         XKV_CUDA_CHECK(cudaEventRecord(ready[j], job.stream));
         XKV_CUDA_CHECK(cudaStreamWaitEvent(factor_stream, ready[j]));

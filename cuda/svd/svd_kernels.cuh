@@ -291,21 +291,35 @@ __global__ void take_top_columns_kernel(const Src* __restrict__ src, std::int64_
 }
 
 /// B blocks from V_r (D x r, column-major, ld D): b[l][i][j] = V_r(l*width + j, i), row-major
-/// [r x width] per layer.
+/// [r x width] per layer. Row i of block l is the contiguous piece [l*width, (l+1)*width) of V_r's
+/// column i, so B is V_r's columns cut into width-long pieces and reordered: block (i, l) of the
+/// grid copies one piece (16 bytes per access where both sides allow it). Element by element with
+/// 64-bit divisions per entry it took ~13 us per 4096 x 768 on an H200.
+/// Grid: r * layers blocks (blockIdx.x = l * r + i, the order of b), any block size.
 template <class Src, class T>
 __global__ void write_b_blocks_kernel(const Src* __restrict__ v, std::int64_t d_total, int r, int width,
                                       T* __restrict__ b) {
-  const std::int64_t total = d_total * r;
-  for (std::int64_t idx = blockIdx.x * std::int64_t(blockDim.x) + threadIdx.x; idx < total;
-       idx += std::int64_t(gridDim.x) * blockDim.x) {
-    // idx enumerates b in memory order: layer, row i, column j.
-    const std::int64_t per_layer = std::int64_t(r) * width;
-    const std::int64_t layer = idx / per_layer;
-    const std::int64_t rem = idx - layer * per_layer;
-    const std::int64_t i = rem / width;
-    const std::int64_t j = rem - i * width;
-    b[idx] = from_f64<T>(to_f64(v[layer * width + j + i * d_total]));
+  const std::int64_t piece = blockIdx.x, layer = piece / r, i = piece - layer * r;
+  const Src* src = v + i * d_total + layer * width;
+  T* dst = b + piece * width;
+  constexpr int kVec = 16 / sizeof(T);
+  if constexpr (std::is_same_v<Src, T>) {
+    if (width % kVec == 0 && reinterpret_cast<std::uintptr_t>(src) % 16 == 0 &&
+        reinterpret_cast<std::uintptr_t>(dst) % 16 == 0) {  // block-uniform
+      const auto* s4 = reinterpret_cast<const uint4*>(src);
+      auto* d4 = reinterpret_cast<uint4*>(dst);
+      for (int j = int(threadIdx.x); j < width / kVec; j += int(blockDim.x)) d4[j] = s4[j];
+      return;
+    }
   }
+  for (int j = int(threadIdx.x); j < width; j += int(blockDim.x)) dst[j] = from_f64<T>(to_f64(src[j]));
+}
+
+/// Launches write_b_blocks_kernel for D = layers * width.
+template <class Src, class T>
+void write_b_blocks(const Src* v, std::int64_t d_total, int r, int width, T* b, cudaStream_t stream) {
+  const std::int64_t pieces = d_total / width * r;
+  write_b_blocks_kernel<Src, T><<<unsigned(pieces), 128, 0, stream>>>(v, d_total, r, width, b);
 }
 
 /// bt block l ([width x ld] row-major) = b block l ([r x width] row-major) transposed, through a

@@ -216,7 +216,7 @@ void finish_subspace(CompressorState& st, const Plan& plan, const LayerTable<T>&
     XKV_CUDA_CHECK(cudaMemcpyAsync(v_copy, v, std::size_t(d) * r * sizeof(T), cudaMemcpyDeviceToDevice, stream));
     v = v_copy;
   }
-  write_b_blocks_kernel<T, T><<<grid_for(d * r), kThreads, 0, stream>>>(v, d, r, plan.width, args.b);
+  write_b_blocks<T, T>(v, d, r, plan.width, args.b, stream);
   check_launch();
   if (args.energies) {
     reduce_input_energy(plan, partials, energies, stream);
