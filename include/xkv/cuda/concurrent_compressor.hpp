@@ -10,7 +10,8 @@
 // small-side steps (CholeskyQR: latency-bound) then overlap the other jobs' GEMMs: on an H200 the
 // 16 factorisations of a 32k-token Llama-3.1-8B prefill took 44 ms on 8 lanes against 64.7 ms one
 // after another, 41-42 ms in lockstep (below), when these figures were taken; the current ones are
-// in docs/PERFORMANCE.md (30.8-32.5 ms in lockstep from a graph, 2026-11-30). The outputs are bit-identical to
+// in docs/PERFORMANCE.md (27.3-28.4 ms on 8 lanes in lockstep from a graph, 2026-11-30 15:00 UTC;
+// 21-23 ms added to a prefill when each group is compressed beside it). The outputs are bit-identical to
 // running each job alone with the same options. workspace_bytes(jobs) says up front what a run
 // allocates. Once a run has sized the workspaces, run() with the same (or smaller) jobs enqueues
 // stream work only, so it can be captured into a CUDA graph (thread-local or relaxed capture
