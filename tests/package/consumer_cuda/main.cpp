@@ -1,5 +1,6 @@
 // Links xkv::cuda from the installed package: option checks run anywhere; on a machine with a GPU
 // it also compresses a small exactly low-rank group and checks the factors.
+#include <xkv/cuda/check.hpp>
 #include <xkv/cuda/compressor.hpp>
 #include <xkv/cuda/device.hpp>
 #include <xkv/version.hpp>
@@ -37,7 +38,7 @@ int main() {
       }
   xkv::cuda::DeviceBuffer<float> x(host.size()), a(std::size_t(kTokens) * kRank),
       b(std::size_t(kLayers) * kRank * kWidth);
-  if (cudaMemcpy(x.get(), host.data(), x.bytes(), cudaMemcpyHostToDevice) != cudaSuccess) return 1;
+  XKV_CUDA_CHECK(cudaMemcpy(x.get(), host.data(), x.bytes(), cudaMemcpyHostToDevice));
   std::vector<xkv::KVView<float>> layers;
   for (int l = 0; l < kLayers; ++l)
     layers.push_back(
@@ -51,9 +52,8 @@ int main() {
   xkv::cuda::Stream stream;
   (void)compressor.compress_stream(args, stream.get());
   std::vector<float> ha(std::size_t(kTokens) * kRank), hb(std::size_t(kLayers) * kRank * kWidth);
-  if (cudaMemcpy(ha.data(), a.get(), a.bytes(), cudaMemcpyDeviceToHost) != cudaSuccess ||
-      cudaMemcpy(hb.data(), b.get(), b.bytes(), cudaMemcpyDeviceToHost) != cudaSuccess)
-    return 1;
+  XKV_CUDA_CHECK(cudaMemcpy(ha.data(), a.get(), a.bytes(), cudaMemcpyDeviceToHost));
+  XKV_CUDA_CHECK(cudaMemcpy(hb.data(), b.get(), b.bytes(), cudaMemcpyDeviceToHost));
   double err = 0, norm = 0;
   for (int l = 0; l < kLayers; ++l)
     for (std::int64_t t = 0; t < kTokens; ++t)
