@@ -80,6 +80,16 @@ TEST(CudaReconstruct, LargePositionsKeepFp16Accuracy) {
     c.positions_array = true;
     c.max_position = 1 << 20;
     run_case(c, 310 + static_cast<int>(dtype));
+    // Gathered rows (the gather kernel's fp32 angles below 2^24, fp64 from there on), out of order,
+    // at offsets that put some of their positions on each side of 2^24.
+    c.positions_array = false;
+    c.indices.clear();
+    for (std::int64_t i = 0; i < 150; ++i) c.indices.push_back((i * 97 + 11) % c.a_rows);
+    c.position_offset = (std::int64_t{1} << 24) - 150;
+    run_case(c, 315 + static_cast<int>(dtype));
+    c.positions_array = true;
+    c.max_position = std::int64_t{1} << 25;
+    run_case(c, 320 + static_cast<int>(dtype));
   }
 }
 

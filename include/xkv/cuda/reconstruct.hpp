@@ -4,7 +4,7 @@
 // Launch API in the CUTLASS manner: fill a ReconstructParams, `Reconstruct::validate` (throws
 // xkv::Error naming the argument), `run(stream)`. Eigen-free, so it may be included from .cu files.
 // The kernels themselves live in reconstruct_kernels.cuh (mma.sync, any sm_80+ device),
-// reconstruct_kernels_sm90.cuh (wgmma, gathered selections), reconstruct_kernels_pingpong.cuh
+// reconstruct_kernels_gather.cuh (wgmma, gathered selections), reconstruct_kernels_pingpong.cuh
 // (wgmma + TMA, ping-pong, dense ranges of rank <= 512; also the sm_90 dispatch) and
 // reconstruct_kernels_tma.cuh (wgmma + TMA, cooperative, the other dense ranges).
 #pragma once

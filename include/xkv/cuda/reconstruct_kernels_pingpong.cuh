@@ -13,6 +13,7 @@
 // comes from HBM once and from L2 for the other column tiles.
 #pragma once
 
+#include "xkv/cuda/reconstruct_kernels_gather.cuh"
 #include "xkv/cuda/reconstruct_kernels_tma.cuh"
 
 namespace xkv::cuda::detail {
@@ -241,10 +242,8 @@ inline void launch_pingpong_typed(const ReconstructArgs& args, cudaStream_t stre
 
 // ------------------------------------------------------------------ dispatch
 /// Dense ranges run the ping-pong kernel when B^T fits in shared memory (rank <= 512, head_dim
-/// <= 128) and the cooperative TMA kernel otherwise. Gathered selections run the tiled kernel
-/// with its 2-warpgroup tile, two CTAs per SM (small ones the 1-warpgroup tile): a warp-specialised variant (a cp.async-gathering
-/// producer warpgroup, five stages, one 128 x 128 tile per CTA and one CTA per SM) was slower on
-/// an H200: 15.5 against 13.5 us for 2048 of 131072 tokens, 47 against 31 us for 8192.
+/// <= 128) and the cooperative TMA kernel otherwise; gathered selections (head_dim 64 or 128) run
+/// the warp-specialised gather kernel.
 template <class T, int HEAD_DIM, RopeMode MODE, bool TABLE>
 inline void launch_wgmma_typed(const ReconstructArgs& args, cudaStream_t stream) {
   if (args.tokens == 0) return;
@@ -253,17 +252,8 @@ inline void launch_wgmma_typed(const ReconstructArgs& args, cudaStream_t stream)
       return launch_pingpong_typed<T, HEAD_DIM, MODE, TABLE>(args, stream);
   }
   if (tma_kernel_applies(args)) return launch_tma_typed<T, HEAD_DIM, MODE, TABLE>(args, stream);
-  if constexpr (HEAD_DIM <= 128) {
-    // Selections whose 64-row tiles need at most one CTA per SM take them: twice the CTAs for the
-    // same rows, each with half the products between its loads and its epilogue (H200, 256 of
-    // 131072 tokens, 8 x 128: 10.9 against 12.9 us; with two CTAs per SM, 2048 tokens: 13.3
-    // against 13.0, so larger selections keep the 128-row tiles).
-    const std::int64_t n_tiles = (std::int64_t(args.heads) * HEAD_DIM + 127) / 128;
-    if ((args.tokens + 63) / 64 * n_tiles <= std::int64_t(multiprocessor_count()))
-      launch_wgmma_tile<T, HEAD_DIM, MODE, TABLE, 1>(args, stream);
-    else
-      launch_wgmma_tile<T, HEAD_DIM, MODE, TABLE, 2>(args, stream);
-  }
+  if constexpr (HEAD_DIM <= GatherTile::BN)
+    launch_gather_typed<T, HEAD_DIM, MODE, TABLE>(args, stream);
   else
     XKV_CHECK(false, InvalidArgument,
               "reconstruct: head_dim " << HEAD_DIM << " on the wgmma path needs a dense range over fewer than 2^31 rows "

@@ -10,8 +10,8 @@
 // the tiles persistently, so the next tile's loads run under the current tile's epilogue.
 // Tile: 128 tokens x 256 columns (one head of 256, two of 128 or four of 64), 64 of the rank per
 // stage.
-// Gathered selections cannot use tiled TMA copies (their rows are arbitrary): the tiled kernel
-// of reconstruct_kernels_sm90.cuh keeps them.
+// Gathered selections cannot use tiled TMA copies for A (their rows are arbitrary): the
+// warp-specialised kernel of reconstruct_kernels_gather.cuh gathers them with cp.async.
 #pragma once
 
 #include <cuda.h>
