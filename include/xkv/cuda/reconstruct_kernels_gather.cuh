@@ -42,10 +42,11 @@ __device__ __forceinline__ void cp_async_arrive_noinc(std::uint64_t* bar) {
 }
 
 /// (cos, sin) of the thread's HEAD_DIM / 8 pairs of one row at `position`; false if the position
-/// is outside the caller's table (TABLE). Computed factors take the fp32 angle reduction from the
-/// turns per position (fill_rope_turns, in shared memory) where it is exact (positions below 2^24,
-/// at most one turn per position), else the fp64 one: the fp64 path, with its per-lane reads of
-/// inv_freq from the parameter bank, took ~1.8 us here and held up the first products.
+/// is outside the caller's table (TABLE). Computed factors take the fp32 angle reduction
+/// (rope_angle_fp32) from the turns per position, which the consumers put in shared memory, where
+/// it is exact (positions below 2^24, at most one turn per position), else the fp64 one: the fp64
+/// path, with its per-lane reads of inv_freq from the parameter bank, took ~1.8 us here and held
+/// up the first products.
 template <int HEAD_DIM, RopeMode MODE, bool TABLE>
 __device__ __forceinline__ bool gathered_row_factors(const ReconstructArgs& p, const float2* turns,
                                                      std::int64_t position, int q, float2 (&factors)[HEAD_DIM / 8]) {
