@@ -178,7 +178,7 @@ struct GemmTile {
   static_assert(kA_Loads >= 1 && kB_Loads >= 1, "loader shape");
 };
 
-// Per-tile row bookkeeping shared by the mma.sync and wgmma kernels: for each of the tile's BM rows,
+// Per-tile row bookkeeping of the mma.sync kernel: for each of the tile's BM rows,
 // its output row offset, RoPE position and validity, and the inverse frequencies when the kernel
 // evaluates cos/sin itself. Read after a barrier. Returns the ReconstructError bits of this
 // thread's row (bad token index, bad output row) for the caller to OR into p.error_flag: only
