@@ -1,6 +1,6 @@
-// Gathered decode-sized selections (1100-2048 tokens of 8 column tiles): on an H200 they take the
-// wgmma kernel's 128-row tiles (more 64-row tiles than SMs), which the short gathered tests do not
-// reach. Ranks of 2 and 9 k steps, computed and tabulated cos/sin, both pair styles; and positions
+// Gathered decode-sized selections (1100-2048 tokens of 8 column tiles): on an H200 the gather
+// kernel's grid of 128-row tiles then fills the SMs and ends in a partly filled row block, which
+// the short gathered tests do not reach. Ranks of 2 and 9 k steps, computed and tabulated cos/sin, both pair styles; and positions
 // outside a caller's table on every kernel (NaN rows, kBadPosition); and launches right behind
 // kernels that write late (the gathered kernels launch as programmatic dependents): their input,
 // or with inputs_ready their output and error flag.
@@ -58,7 +58,7 @@ TEST(CudaReconstruct, GatheredDecodeSizedSelections) {
           c.positions_array = table;
           c.max_position = 30000;
           c.position_offset = 11;
-          // 1100..2000 tokens: more than 132 64-row tiles of 8 column tiles, at most 132 of 128 rows
+          // 1100..2000 tokens: 9 to 16 row blocks of 128 over 8 column tiles, the last one partial
           const std::int64_t count = 1100 + static_cast<std::int64_t>(rng.uniform() * 900.0);
           for (std::int64_t i = 0; i < count; ++i)
             c.indices.push_back(static_cast<std::int64_t>(rng.uniform() * double(c.a_rows)));
@@ -69,7 +69,7 @@ TEST(CudaReconstruct, GatheredDecodeSizedSelections) {
 TEST(CudaReconstruct, PositionsOutsideTheTableGiveNaNAndFlag) {
   SKIP_WITHOUT_GPU();
   const int heads = 8, d = 128, rank = 64;
-  // 2048 tokens (the 128-row tiles on an H200); rows 1, 2 and 1500 sit outside the table.
+  // 2048 tokens (16 row blocks x 8 column tiles on an H200); rows 1, 2 and 1500 sit outside the table.
   const std::int64_t a_rows = 50, table_positions = 100, tokens = 2048;
   std::vector<std::int64_t> indices, positions;
   for (std::int64_t t = 0; t < tokens; ++t) {
