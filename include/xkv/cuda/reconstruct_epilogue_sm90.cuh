@@ -42,19 +42,33 @@ __device__ __forceinline__ void rotate_pair(float (&acc)[COLS / 2], int f, int h
   }
 }
 
-/// Positions below 2^24 are exact in fp32, and with at most one turn per position the reduction
-/// below stays exact.
+/// Positions below 2^24 are exact in fp32, and with at most half a turn per position the
+/// reduction below stays exact.
 inline constexpr std::int64_t kFp32RopePositions = std::int64_t{1} << 24;
+inline constexpr float kFp32RopeMaxTurns = 0.5f;
 
-/// cos/sin at `position` (exact in fp32) of a pair turning `turns` (hi + lo) per position: the
-/// angle in turns is split into the exact product hi * position (rounded part + fma residual),
-/// whose whole turns drop out exactly, plus lo * position; the fractional turn is then accurate
-/// to ~1e-7, as with the fp64 reduction of rope_angle, with fp32 instructions only (the fp64
-/// ones dominated the epilogue on an H200).
+/// The frequency `inv_freq` (radians per position) in turns per position as (hi, lo) floats for
+/// rope_angle_fp32, or (2, 0) if it is negative or exceeds kFp32RopeMaxTurns (then the fp64
+/// reduction applies). Standard RoPE frequencies are at most 1 / (2 pi) turns.
+__device__ __forceinline__ float2 rope_turns_of(double inv_freq) {
+  const double g = inv_freq * 0.15915494309189533577;
+  const float hi = static_cast<float>(g);
+  return g >= 0.0 && g <= kFp32RopeMaxTurns ? make_float2(hi, static_cast<float>(g - hi)) : make_float2(2.f, 0.f);
+}
+
+/// cos/sin at `position` (exact in fp32, below kFp32RopePositions) of a pair turning `turns`
+/// (hi + lo, rope_turns_of) per position: the angle in turns is split into the exact product
+/// hi * position (rounded part + fma residual), whose whole turns drop out exactly, plus
+/// lo * position; the fractional turn is then accurate to ~1e-7, as with the fp64 reduction of
+/// rope_angle, with fp32 instructions only (the fp64 ones dominated the epilogue on an H200).
+/// The whole turns are rounded off by adding and subtracting 2^23 (exact for 0 <= x < 2^23,
+/// which the two bounds guarantee), on the FMA pipe: rintf's FRND shares the slow pipe with the
+/// two MUFU operations, and that pipe bounds the gathered kernel's factor evaluation.
 __device__ __forceinline__ void rope_angle_fp32(float2 turns, float position, float& s, float& c) {
   const float x = position * turns.x;
   const float residual = fmaf(position, turns.x, -x);
-  const float t = (x - rintf(x)) + fmaf(position, turns.y, residual);
+  const float whole = __fsub_rn(__fadd_rn(x, 8388608.f), 8388608.f);
+  const float t = (x - whole) + fmaf(position, turns.y, residual);
   __sincosf(t * 6.28318530717958648f, &s, &c);
 }
 
@@ -105,15 +119,13 @@ __device__ __forceinline__ float2 rope_advance(float c, float s, float2 step) {
   return make_float2(c * step.x - s * step.y, s * step.x + c * step.y);
 }
 
-/// The frequency of every pair in turns per position, (hi, lo) floats of inv_freq / (2 pi), for
-/// rope_angle_fp32; false (from every thread) if a frequency exceeds one turn per position.
+/// The frequency of every pair in turns per position (rope_turns_of) for rope_angle_fp32; false
+/// (from every thread) if a frequency is out of its range.
 __device__ __forceinline__ bool fill_rope_turns(const double* inv_freq, int pairs, float2* turns) {
   bool ok = true;
   for (int i = threadIdx.x; i < pairs; i += blockDim.x) {
-    const double g = inv_freq[i] * 0.15915494309189533577;
-    const float hi = static_cast<float>(g);
-    turns[i] = make_float2(hi, static_cast<float>(g - hi));
-    ok &= g >= 0.0 && g <= 1.0;
+    turns[i] = rope_turns_of(inv_freq[i]);
+    ok &= turns[i].x <= kFp32RopeMaxTurns;
   }
   return __syncthreads_and(ok);
 }

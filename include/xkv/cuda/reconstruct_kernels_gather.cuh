@@ -62,7 +62,7 @@ __device__ __forceinline__ bool gathered_row_factors(const ReconstructArgs& p, c
         float s, c;
         rope_angle_fp32(turn, position_fp32, s, c);
         factors[f] = make_float2(c, s);
-        exact &= turn.x <= 1.f;
+        exact &= turn.x <= kFp32RopeMaxTurns;
       }
       if (exact) return true;
     }
@@ -103,6 +103,23 @@ __global__ void __launch_bounds__(GatherTile::kThreads, 1)
   const int n0 = static_cast<int>(blockIdx.x % n_tiles) * BN;
   const int k_tiles = (p.rank + BK - 1) / BK;
 
+  // Launched as a programmatic dependent of the stream's previous kernel: nothing is read before
+  // that kernel has completed unless the caller promises that it writes none of the inputs
+  // (early_reads); nothing is written before it either way (the wait before the epilogue).
+  if (!p.early_reads) asm volatile("griddepcontrol.wait;\n" ::: "memory");
+  // The token indices need no barrier: read before the barrier set-up, their memory trip overlaps
+  // it (0.2 us of 10.7 on an H200). Producer thread tid: tile row tid; consumer lane l: row l % 16
+  // of its warp's 16 (and that row's position, if given as an array).
+  const int cw = tid / 128 - 1, warp = (tid / 32) & 3, lane = tid & 31;
+  const std::int64_t warp_row0 = m0 + cw * 64 + warp * 16;  // consumers
+  std::int64_t my_token = -1, my_position = 0;
+  {
+    const std::int64_t t = tid < Tile::kProducerThreads ? m0 + tid : warp_row0 + (lane & 15);
+    if (t < p.tokens) {
+      my_token = p.token_indices ? p.token_indices[t] : p.token_begin + t;
+      if (tid >= Tile::kProducerThreads && p.positions) my_position = p.positions[t];
+    }
+  }
   if (tid == 0) {
     for (int s = 0; s < STAGES; ++s) {
       mbarrier_init(&full[s], Tile::kProducerThreads + 1);  // every gathering thread + the B^T bytes
@@ -111,10 +128,6 @@ __global__ void __launch_bounds__(GatherTile::kThreads, 1)
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
   }
   __syncthreads();  // the only CTA-wide barrier: the roles below never meet again
-  // Launched as a programmatic dependent of the stream's previous kernel: nothing is read before
-  // that kernel has completed unless the caller promises that it writes none of the inputs
-  // (early_reads); nothing is written before it either way (the wait before the epilogue).
-  if (!p.early_reads) asm volatile("griddepcontrol.wait;\n" ::: "memory");
 
   if (tid < Tile::kProducerThreads) {
     asm volatile("setmaxnreg.dec.sync.aligned.u32 56;\n" ::: "memory");
@@ -125,20 +138,13 @@ __global__ void __launch_bounds__(GatherTile::kThreads, 1)
         mbarrier_arrive_expect_tx(&full[s], Tile::kB_Bytes);
         tma_load_2d(smem + s * Tile::kStageBytes + Tile::kA_Bytes, &args.bt_map, s * BK, n0, &full[s]);
       }
-    // The tile's token indices in one coalesced read (thread tid: row tid), shared through shared
-    // memory: read in the copy pattern below, each warp's requests would cover a quarter of
-    // every 32-byte sector, and a warp whose sectors were not yet requested waited for a second
-    // trip to memory (~1 us on an H200 after an L2 flush).
+    // The tile's token indices, read in one coalesced pass above, shared through shared memory:
+    // read in the copy pattern below, each warp's requests would cover a quarter of every
+    // 32-byte sector, and a warp whose sectors were not yet requested waited for a second trip to
+    // memory (~1 us on an H200 after an L2 flush).
     const T* a = static_cast<const T*>(p.a);
-    {
-      const std::int64_t t = m0 + tid;
-      const T* src = nullptr;
-      if (t < p.tokens) {
-        const std::int64_t token = p.token_indices ? p.token_indices[t] : p.token_begin + t;
-        if (token >= 0 && token < p.a_rows) src = a + token * p.lda;  // bad rows: zeros, then NaN
-      }
-      row_src[tid] = src;
-    }
+    // Tokens past the selection keep -1; bad rows copy zeros and are written as NaN.
+    row_src[tid] = my_token >= 0 && my_token < p.a_rows ? a + my_token * p.lda : nullptr;
     asm volatile("bar.sync 1, %0;\n" ::"n"(Tile::kProducerThreads) : "memory");
     // Thread tid copies 16-byte chunk tid % 8 of rows tid / 8 + 16 i: four whole rows per warp
     // instruction.
@@ -176,29 +182,19 @@ __global__ void __launch_bounds__(GatherTile::kThreads, 1)
   // Consumer warpgroup cw computes rows [64 cw, 64 cw + 64) of the tile; accumulator i of this
   // thread: row 16 warp + lane/4 + 8 ((i/2)%2), column 8 (i/4) + 2 (lane%4) + i%2.
   asm volatile("setmaxnreg.inc.sync.aligned.u32 224;\n" ::: "memory");
-  const int cw = tid / 128 - 1, warp = (tid / 32) & 3, lane = tid & 31, q = lane & 3;
-  const std::int64_t warp_row0 = m0 + cw * 64 + warp * 16;
+  const int q = lane & 3;
   // Each of the thread's two rows: whether its token is valid, and its RoPE factors.
   bool token_ok[2];
   int errors = 0;
   [[maybe_unused]] float2 factors[2][HEAD_DIM / 8];
-  // The warp's 16 token indices (and positions) in one coalesced read each, lane l holding row
-  // l % 16; each thread then takes its rows lane / 4 and lane / 4 + 8 by shuffles.
-  std::int64_t lane_token = -1, lane_position = 0;
-  {
-    const std::int64_t t = warp_row0 + (lane & 15);
-    if (t < p.tokens) {
-      lane_token = p.token_indices ? p.token_indices[t] : p.token_begin + t;
-      lane_position = p.positions ? p.positions[t] : p.position_offset + lane_token;
-    }
-  }
+  // The warp's 16 token indices (and positions), read above with lane l holding row l % 16; each
+  // thread takes its rows lane / 4 and lane / 4 + 8 by shuffles.
+  const std::int64_t lane_token = my_token;
+  const std::int64_t lane_position = p.positions ? my_position : p.position_offset + my_token;
   // After the index read is on its way: the turns' fill and barrier overlap its latency.
   if constexpr (MODE != RopeMode::None && !TABLE) {
-    for (int i = tid - Tile::kProducerThreads; i < p.rotary_dim / 2; i += Tile::kThreads - Tile::kProducerThreads) {
-      const double g = p.inv_freq[i] * 0.15915494309189533577;  // turns per position, as hi + lo floats
-      const float hi = static_cast<float>(g);
-      turns[i] = g >= 0.0 && g <= 1.0 ? make_float2(hi, static_cast<float>(g - hi)) : make_float2(2.f, 0.f);
-    }
+    for (int i = tid - Tile::kProducerThreads; i < p.rotary_dim / 2; i += Tile::kThreads - Tile::kProducerThreads)
+      turns[i] = rope_turns_of(p.inv_freq[i]);
     asm volatile("bar.sync 2, %0;\n" ::"n"(Tile::kThreads - Tile::kProducerThreads) : "memory");  // consumers only
   }
   [[maybe_unused]] std::int64_t position[2];
