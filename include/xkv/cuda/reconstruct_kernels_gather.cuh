@@ -12,9 +12,10 @@
 //
 // Why: the tiled kernel this replaces (every thread loading, a CTA barrier and a drained wgmma
 // at each k-tile, RoPE evaluated after the products) took 13.6 us for 2048 of 131072 tokens on
-// an H200 (8 x 128, rank 512, L2 flushed); this one 10.6. Reading each tile's token indices in one
-// coalesced pass mattered most of the changes: read in the copy pattern, every warp asked for a
-// quarter of each 32-byte sector and the later warps waited a second memory trip (~1 us).
+// an H200 (8 x 128, rank 512, L2 flushed); this one 9.8-10.6 (machines differ). Reading each
+// tile's token indices in one coalesced pass mattered most of the changes: read in the copy
+// pattern, every warp asked for a quarter of each 32-byte sector and the later warps waited a
+// second memory trip (~1 us).
 #pragma once
 
 #include "xkv/cuda/reconstruct_kernels_tma.cuh"
