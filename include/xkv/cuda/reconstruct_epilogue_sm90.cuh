@@ -158,26 +158,23 @@ __device__ __forceinline__ void rope_advance_factors(const ReconstructArgs& p, c
   }
 }
 
-/// RoPE of a warp's rows at consecutive positions (a dense range at a position offset), the
-/// ping-pong kernel's four rows per thread: rows lane/4 and lane/4 + 8 in `top`, 64 rows further
-/// in `bottom`; `factors` are (cos, sin) of the first row's pairs, and the other rows step from
-/// them by 8, 64 and 72 positions.
+/// RoPE of a warp's 16 rows at consecutive positions (a dense range at a position offset) in one
+/// of the ping-pong kernel's two accumulator blocks: rows lane/4 and lane/4 + 8 of `acc`; `factors`
+/// are (cos, sin) of the thread's first row's pairs in the item, `offset` (or null) the step to
+/// this block's first row (64 positions for the bottom block), `step8` the step to the next.
 template <int HEAD_DIM, RopeMode MODE, int COLS>
 __device__ __forceinline__ void rope_consecutive_rows(const ReconstructArgs& p, const float2 (&factors)[HEAD_DIM / 8],
-                                                      const float2* step8, const float2* step64,
-                                                      float (&top)[COLS / 2], float (&bottom)[COLS / 2]) {
+                                                      const float2* offset, const float2* step8,
+                                                      float (&acc)[COLS / 2]) {
   const int q = threadIdx.x & 3;
 #pragma unroll
   for (int f = 0; f < HEAD_DIM / 8; ++f) {
     if (MODE == RopeMode::Interleaved && 8 * f >= p.rotary_dim) break;  // partial rotary: the rest stays
     const int pair = rope_pair_of<MODE>(f, q);
-    const float c = factors[f].x, s = factors[f].y;
-    const float2 at8 = rope_advance(c, s, step8[pair]), by64 = step64[pair];
-    const float2 at64 = rope_advance(c, s, by64), at72 = rope_advance(at8.x, at8.y, by64);
-    rotate_pair<HEAD_DIM, MODE, COLS>(top, f, 0, c, s);
-    rotate_pair<HEAD_DIM, MODE, COLS>(top, f, 1, at8.x, at8.y);
-    rotate_pair<HEAD_DIM, MODE, COLS>(bottom, f, 0, at64.x, at64.y);
-    rotate_pair<HEAD_DIM, MODE, COLS>(bottom, f, 1, at72.x, at72.y);
+    const float2 first = offset != nullptr ? rope_advance(factors[f].x, factors[f].y, offset[pair]) : factors[f];
+    const float2 second = rope_advance(first.x, first.y, step8[pair]);
+    rotate_pair<HEAD_DIM, MODE, COLS>(acc, f, 0, first.x, first.y);
+    rotate_pair<HEAD_DIM, MODE, COLS>(acc, f, 1, second.x, second.y);
   }
 }
 

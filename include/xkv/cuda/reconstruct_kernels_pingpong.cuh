@@ -180,28 +180,37 @@ __global__ void __launch_bounds__(PingpongTile::kThreads, 1)
       fence_accumulators(acc_bottom);
       if ((tid & 127) == 0) mbarrier_arrive(&empty[previous]);
 
-      // Epilogue, while the other warpgroup's products run on the tensor cores.
-      if constexpr (MODE != RopeMode::None) {
-        if constexpr (kCarried) {
-          if (since_anchor == 0)
-            rope_anchor_factors<HEAD_DIM, MODE>(p, p.position_offset + p.token_begin + top_row0 + (lane >> 2), factors);
+      // Epilogue, while the other warpgroup's products run on the tensor cores. The top block is
+      // rotated and its stores issued before the bottom block is rotated: the bottom block's
+      // staging waits for the top block's copies to read the buffer, and the rotation hides that.
+      if constexpr (MODE != RopeMode::None && kCarried) {
+        if (since_anchor == 0)
+          rope_anchor_factors<HEAD_DIM, MODE>(p, p.position_offset + p.token_begin + top_row0 + (lane >> 2), factors);
+        else
+          rope_advance_factors<HEAD_DIM, MODE>(p, step_item, factors);
+        if (++since_anchor == Tile::kItemsPerAnchor) since_anchor = 0;
+      }
+      // Each row at its own position in the per-row path (fp64 angles read inv_freq from the
+      // parameters: rare).
+      [[maybe_unused]] const float2* fp32_turns = turns_ok ? turns : nullptr;
+      auto rotate = [&](float(&acc)[64], std::int64_t row0, const float2* offset) {
+        if constexpr (MODE != RopeMode::None) {
+          if constexpr (kCarried)
+            rope_consecutive_rows<HEAD_DIM, MODE, BN>(p, factors, offset, step8, acc);
           else
-            rope_advance_factors<HEAD_DIM, MODE>(p, step_item, factors);
-          if (++since_anchor == Tile::kItemsPerAnchor) since_anchor = 0;
-          rope_consecutive_rows<HEAD_DIM, MODE, BN>(p, factors, step8, step64, acc_top, acc_bottom);
-        } else {  // each row at its own position (fp64 angles read inv_freq from global memory: rare)
-          const float2* fp32_turns = turns_ok ? turns : nullptr;
-          rope_rows<HEAD_DIM, MODE, TABLE, BN>(p, p.inv_freq, fp32_turns, acc_top, top_row0);
-          rope_rows<HEAD_DIM, MODE, TABLE, BN>(p, p.inv_freq, fp32_turns, acc_bottom, bottom_row0);
+            rope_rows<HEAD_DIM, MODE, TABLE, BN>(p, p.inv_freq, fp32_turns, acc, row0);
         }
-      }
-      if (args.out_by_tma) {
+      };
+      rotate(acc_top, top_row0, nullptr);
+      if (args.out_by_tma)
         store_rows_tma<T, HEAD_DIM>(p, &args.out_map, acc_top, top_row0, n0, width, warp_staging);
-        store_rows_tma<T, HEAD_DIM>(p, &args.out_map, acc_bottom, bottom_row0, n0, width, warp_staging);
-      } else {
+      else
         store_rows<T, HEAD_DIM, BN>(p, acc_top, top_row0, n0, width, warp_staging, out);
+      rotate(acc_bottom, bottom_row0, step64);
+      if (args.out_by_tma)
+        store_rows_tma<T, HEAD_DIM>(p, &args.out_map, acc_bottom, bottom_row0, n0, width, warp_staging);
+      else
         store_rows<T, HEAD_DIM, BN>(p, acc_bottom, bottom_row0, n0, width, warp_staging, out);
-      }
     }
   };
   if (consecutive)  // false at compile time unless kRopeFactors
