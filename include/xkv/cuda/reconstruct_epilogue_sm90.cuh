@@ -320,6 +320,70 @@ __device__ __forceinline__ void store_rows_tma(const ReconstructArgs& p, const C
   }
 }
 
+/// Rotates row half `half` (rows lane / 4 + 8 half of a warp's 16; m64n128 accumulators) by the
+/// factors evaluated for it, or poisons it (NaN) when its token or position was bad.
+template <int HEAD_DIM, RopeMode MODE>
+__device__ __forceinline__ void rope_or_poison_half(float (&acc)[64], int half, bool row_ok,
+                                                    const float2 (&factors)[HEAD_DIM / 8]) {
+  if (!row_ok) {
+    poison_row<128>(acc, half);
+    return;
+  }
+  if constexpr (MODE != RopeMode::None) {
+#pragma unroll
+    for (int f = 0; f < HEAD_DIM / 8; ++f) rotate_pair<HEAD_DIM, MODE, 128>(acc, f, half, factors[f].x, factors[f].y);
+  }
+}
+
+/// store_rows_tma one row half at a time, with RoPE: rotates rows lane / 4 (half 0), stages them
+/// (8 x 128 columns, two 8 x 64 boxes at 0 and 1024 of the warp's buffer) and issues their TMA
+/// stores, then does the same for rows lane / 4 + 8 at 2048, so the first half's stores are on
+/// their way while the second half rotates (0.15-0.2 us of a 10 us gathered launch on an H200).
+/// out_map: boxes of 8 rows. The caller waits (bulk_wait_all) before the CTA exits.
+template <class T, int HEAD_DIM, RopeMode MODE>
+__device__ __forceinline__ void rope_store_halves_tma(const ReconstructArgs& p, const CUtensorMap* out_map,
+                                                      float (&acc)[64], const bool (&row_ok)[2],
+                                                      const float2 (&factors)[2][HEAD_DIM / 8],
+                                                      std::int64_t warp_row0, int n0, int width,
+                                                      unsigned char* warp_staging) {
+  const int lane = threadIdx.x & 31;
+  const std::uint32_t staging_base = smem_address(warp_staging);
+  if (lane == 0) bulk_wait_read();  // this warp's previous stores have read the buffer
+  __syncwarp();
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    rope_or_poison_half<HEAD_DIM, MODE>(acc, half, row_ok[half], factors[half]);
+    // Lane L gives the row address (L % 8) of matrix L / 8, which is 16-byte chunk 4 j + L / 8.
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const int chunk = 4 * j + (lane >> 3), row = lane & 7;
+      const std::uint32_t address =
+          staging_base + half * 2048 + (chunk >> 3) * 1024 + row * 128 + (((chunk & 7) ^ row) << 4);
+      std::uint32_t r[4];
+#pragma unroll
+      for (int mm = 0; mm < 4; ++mm) {
+        const int a = 4 * (4 * j + mm) + 2 * half;
+        r[mm] = ElementTraits<T>::pack(acc[a], acc[a + 1]);
+      }
+      asm volatile("stmatrix.sync.aligned.m8n8.x4.shared.b16 [%0], {%1, %2, %3, %4};\n" ::"r"(address), "r"(r[0]),
+                   "r"(r[1]), "r"(r[2]), "r"(r[3])
+                   : "memory");
+    }
+    fence_proxy_async();  // the staged values, written by the generic proxy, visible to the TMA
+    __syncwarp();
+    if (lane == 0) {
+      const int row = static_cast<int>(p.output_row_offset + warp_row0) + 8 * half;
+#pragma unroll
+      for (int box = 0; box < 2; ++box) {
+        const int col = n0 + 64 * box;
+        if (col < width)
+          tma_store_3d(out_map, warp_staging + half * 2048 + box * 1024, col % HEAD_DIM, row, col / HEAD_DIM);
+      }
+      bulk_commit();
+    }
+  }
+}
+
 /// A consumer warp's epilogue for its 16 rows from `warp_row0` and the COLS columns from `n0`.
 template <class T, int HEAD_DIM, RopeMode MODE, bool TABLE, int COLS>
 __device__ __forceinline__ void tile_epilogue(const ReconstructArgs& p, const double* inv_freq,

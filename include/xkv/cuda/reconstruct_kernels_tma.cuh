@@ -273,7 +273,7 @@ inline CUtensorMap operand_tensor_map(const void* base, std::int64_t inner, std:
 /// when the output is paged or indirect or its strides or base do not suit TMA. Rows are clipped at
 /// output_row_offset + tokens, so a store never reaches rows past the selection.
 template <class T>
-inline bool output_tensor_map(const ReconstructArgs& args, CUtensorMap& map) {
+inline bool output_tensor_map(const ReconstructArgs& args, CUtensorMap& map, cuuint32_t box_rows = 16) {
   const std::int64_t bytes = sizeof(T);
   if (args.page_table != nullptr || args.output_rows != nullptr || args.head_dim < 64) return false;
   if (reinterpret_cast<std::uintptr_t>(args.out) % 16 != 0 || args.out_token_stride * bytes % 16 != 0 ||
@@ -285,7 +285,7 @@ inline bool output_tensor_map(const ReconstructArgs& args, CUtensorMap& map) {
                               static_cast<cuuint64_t>(args.heads)};
   const cuuint64_t strides[2] = {static_cast<cuuint64_t>(args.out_token_stride * bytes),
                                  static_cast<cuuint64_t>(args.out_head_stride * bytes)};
-  const cuuint32_t box[3] = {64, 16, 1};
+  const cuuint32_t box[3] = {64, box_rows, 1};
   const cuuint32_t element_strides[3] = {1, 1, 1};
   const CUtensorMapDataType type =
       std::is_same_v<T, __half> ? CU_TENSOR_MAP_DATA_TYPE_FLOAT16 : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16;
