@@ -269,8 +269,9 @@ inline CUtensorMap operand_tensor_map(const void* base, std::int64_t inner, std:
   return map;
 }
 
-/// The output as a 3-D tensor (head_dim, rows, heads) for TMA stores of 64 x 16 boxes, or false
-/// when the output is paged or indirect or its strides or base do not suit TMA. Rows are clipped at
+/// The output as a 3-D tensor (head_dim, rows, heads) for TMA stores of 64 x box_rows boxes
+/// (store_rows_tma: 16, rope_store_halves_tma: 8), or false when the output is paged or indirect or
+/// its strides or base do not suit TMA. Rows are clipped at
 /// output_row_offset + tokens, so a store never reaches rows past the selection.
 template <class T>
 inline bool output_tensor_map(const ReconstructArgs& args, CUtensorMap& map, cuuint32_t box_rows = 16) {
