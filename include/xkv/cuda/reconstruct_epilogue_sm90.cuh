@@ -279,6 +279,35 @@ __device__ __forceinline__ void bulk_wait_read() { asm volatile("cp.async.bulk.w
 /// Waits until this thread's bulk stores are complete.
 __device__ __forceinline__ void bulk_wait_all() { asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory"); }
 
+/// stmatrix .x4 of four accumulator pairs (acc[pair[m]], acc[pair[m] + 1] packed to T form row
+/// lane % 8 of matrix m) at this lane's row address.
+template <class T>
+__device__ __forceinline__ void stmatrix_pairs(std::uint32_t address, const float (&acc)[64], const int (&pair)[4]) {
+  std::uint32_t r[4];
+#pragma unroll
+  for (int m = 0; m < 4; ++m) r[m] = ElementTraits<T>::pack(acc[pair[m]], acc[pair[m] + 1]);
+  asm volatile("stmatrix.sync.aligned.m8n8.x4.shared.b16 [%0], {%1, %2, %3, %4};\n" ::"r"(address), "r"(r[0]),
+               "r"(r[1]), "r"(r[2]), "r"(r[3])
+               : "memory");
+}
+
+/// Makes a warp's staged rows visible to the TMA, then lane 0 stores them as the tile's two
+/// 64-column boxes (at `staging` and `staging + box_bytes`; output rows from `row`), one bulk group.
+template <int HEAD_DIM>
+__device__ __forceinline__ void tma_store_staged_boxes(const CUtensorMap* out_map, unsigned char* staging,
+                                                       int box_bytes, int row, int n0, int width) {
+  fence_proxy_async();  // the staged values, written by the generic proxy, visible to the TMA
+  __syncwarp();
+  if ((threadIdx.x & 31) == 0) {
+#pragma unroll
+    for (int box = 0; box < 2; ++box) {
+      const int col = n0 + 64 * box;
+      if (col < width) tma_store_3d(out_map, staging + box * box_bytes, col % HEAD_DIM, row, col / HEAD_DIM);
+    }
+    bulk_commit();
+  }
+}
+
 /// Stores a warp's 16 rows from `warp_row0` (128 columns from `n0`, wgmma m64n128 accumulators)
 /// with two TMA stores of 16 x 64 boxes: the accumulators go to the warp's staging buffer in the
 /// TMA 128-byte-swizzle layout (box h at h * 2048; row r's 16-byte chunk c at
@@ -297,27 +326,10 @@ __device__ __forceinline__ void store_rows_tma(const ReconstructArgs& p, const C
   for (int i = 0; i < 8; ++i) {
     const int m = lane >> 3, chunk = 2 * i + (m >> 1), row = 8 * (m & 1) + (lane & 7);
     const std::uint32_t address = staging_base + (chunk >> 3) * 2048 + row * 128 + (((chunk & 7) ^ (row & 7)) << 4);
-    std::uint32_t r[4];
-#pragma unroll
-    for (int mm = 0; mm < 4; ++mm) {
-      const int a = (2 * i + (mm >> 1)) * 4 + (mm & 1) * 2;
-      r[mm] = ElementTraits<T>::pack(acc[a], acc[a + 1]);
-    }
-    asm volatile("stmatrix.sync.aligned.m8n8.x4.shared.b16 [%0], {%1, %2, %3, %4};\n" ::"r"(address), "r"(r[0]),
-                 "r"(r[1]), "r"(r[2]), "r"(r[3])
-                 : "memory");
+    stmatrix_pairs<T>(address, acc, {8 * i, 8 * i + 2, 8 * i + 4, 8 * i + 6});
   }
-  fence_proxy_async();  // the staged values, written by the generic proxy, visible to the TMA
-  __syncwarp();
-  if (lane == 0) {
-    const int row = static_cast<int>(p.output_row_offset + warp_row0);
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const int col = n0 + 64 * h;
-      if (col < width) tma_store_3d(out_map, warp_staging + h * 2048, col % HEAD_DIM, row, col / HEAD_DIM);
-    }
-    bulk_commit();
-  }
+  tma_store_staged_boxes<HEAD_DIM>(out_map, warp_staging, 2048, static_cast<int>(p.output_row_offset + warp_row0), n0,
+                                   width);
 }
 
 /// Rotates row half `half` (rows lane / 4 + 8 half of a warp's 16; m64n128 accumulators) by the
@@ -359,28 +371,11 @@ __device__ __forceinline__ void rope_store_halves_tma(const ReconstructArgs& p, 
       const int chunk = 4 * j + (lane >> 3), row = lane & 7;
       const std::uint32_t address =
           staging_base + half * 2048 + (chunk >> 3) * 1024 + row * 128 + (((chunk & 7) ^ row) << 4);
-      std::uint32_t r[4];
-#pragma unroll
-      for (int mm = 0; mm < 4; ++mm) {
-        const int a = 4 * (4 * j + mm) + 2 * half;
-        r[mm] = ElementTraits<T>::pack(acc[a], acc[a + 1]);
-      }
-      asm volatile("stmatrix.sync.aligned.m8n8.x4.shared.b16 [%0], {%1, %2, %3, %4};\n" ::"r"(address), "r"(r[0]),
-                   "r"(r[1]), "r"(r[2]), "r"(r[3])
-                   : "memory");
+      const int first = 16 * j + 2 * half;  // pairs of columns 8 (4 j + m) + 2 (lane % 4), row half `half`
+      stmatrix_pairs<T>(address, acc, {first, first + 4, first + 8, first + 12});
     }
-    fence_proxy_async();  // the staged values, written by the generic proxy, visible to the TMA
-    __syncwarp();
-    if (lane == 0) {
-      const int row = static_cast<int>(p.output_row_offset + warp_row0) + 8 * half;
-#pragma unroll
-      for (int box = 0; box < 2; ++box) {
-        const int col = n0 + 64 * box;
-        if (col < width)
-          tma_store_3d(out_map, warp_staging + half * 2048 + box * 1024, col % HEAD_DIM, row, col / HEAD_DIM);
-      }
-      bulk_commit();
-    }
+    tma_store_staged_boxes<HEAD_DIM>(out_map, warp_staging + half * 2048, 1024,
+                                     static_cast<int>(p.output_row_offset + warp_row0) + 8 * half, n0, width);
   }
 }
 
