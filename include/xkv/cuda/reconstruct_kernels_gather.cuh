@@ -14,7 +14,7 @@
 //
 // Why: the tiled kernel this replaces (every thread loading, a CTA barrier and a drained wgmma
 // at each k-tile, RoPE evaluated after the products) took 13.6 us for 2048 of 131072 tokens on
-// an H200 (8 x 128, rank 512, L2 flushed); this one 9.8-10.6 (machines differ). Reading each
+// an H200 (8 x 128, rank 512, L2 flushed); this one 9.9-10.5 (machines differ). Reading each
 // tile's token indices in one coalesced pass mattered most of the changes: read in the copy
 // pattern, every warp asked for a quarter of each 32-byte sector and the later warps waited a
 // second memory trip (~1 us).
@@ -47,7 +47,7 @@ __device__ __forceinline__ void cp_async_arrive_noinc(std::uint64_t* bar) {
 /// (cos, sin) of the thread's HEAD_DIM / 8 pairs of one row at `position`; false if the position
 /// is outside the caller's table (TABLE). Computed factors take the fp32 angle reduction
 /// (rope_angle_fp32) from the turns per position, which the consumers put in shared memory, where
-/// it is exact (positions below 2^24, at most one turn per position), else the fp64 one: the fp64
+/// it is exact (positions below 2^24, at most kFp32RopeMaxTurns per position), else the fp64 one: the fp64
 /// path, with its per-lane reads of inv_freq from the parameter bank, took ~1.8 us here and held
 /// up the first products.
 template <int HEAD_DIM, RopeMode MODE, bool TABLE>

@@ -93,7 +93,7 @@ __global__ void __launch_bounds__(PingpongTile::kThreads, 1)
   // the stage hand-back and the next products: slower, see PERFORMANCE.md.)
   constexpr bool kRopeFactors = MODE != RopeMode::None && !TABLE;
   const bool consecutive = kRopeFactors && p.positions == nullptr;  // uniform over the grid
-  bool turns_ok = false;  // every pair within one turn per position
+  bool turns_ok = false;  // every pair within kFp32RopeMaxTurns per position
   if constexpr (kRopeFactors) {
     fill_rope_steps(p.inv_freq, p.rotary_dim / 2, 8, step8);
     fill_rope_steps(p.inv_freq, p.rotary_dim / 2, 64, step64);
@@ -201,16 +201,16 @@ __global__ void __launch_bounds__(PingpongTile::kThreads, 1)
             rope_rows<HEAD_DIM, MODE, TABLE, BN>(p, p.inv_freq, fp32_turns, acc, row0);
         }
       };
+      auto store = [&](float(&acc)[64], std::int64_t row0) {
+        if (args.out_by_tma)
+          store_rows_tma<T, HEAD_DIM>(p, &args.out_map, acc, row0, n0, width, warp_staging);
+        else
+          store_rows<T, HEAD_DIM, BN>(p, acc, row0, n0, width, warp_staging, out);
+      };
       rotate(acc_top, top_row0, nullptr);
-      if (args.out_by_tma)
-        store_rows_tma<T, HEAD_DIM>(p, &args.out_map, acc_top, top_row0, n0, width, warp_staging);
-      else
-        store_rows<T, HEAD_DIM, BN>(p, acc_top, top_row0, n0, width, warp_staging, out);
+      store(acc_top, top_row0);
       rotate(acc_bottom, bottom_row0, step64);
-      if (args.out_by_tma)
-        store_rows_tma<T, HEAD_DIM>(p, &args.out_map, acc_bottom, bottom_row0, n0, width, warp_staging);
-      else
-        store_rows<T, HEAD_DIM, BN>(p, acc_bottom, bottom_row0, n0, width, warp_staging, out);
+      store(acc_bottom, bottom_row0);
     }
   };
   if (consecutive)  // false at compile time unless kRopeFactors

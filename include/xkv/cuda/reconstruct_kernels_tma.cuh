@@ -166,7 +166,7 @@ __global__ void __launch_bounds__(TmaTile::kThreads, 1)
     }
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
   }
-  bool turns_ok = false;  // fp32 angles: every pair within one turn per position
+  bool turns_ok = false;  // fp32 angles: every pair within kFp32RopeMaxTurns per position
   if constexpr (MODE != RopeMode::None && !TABLE)
     turns_ok = fill_rope_turns(p.inv_freq, p.rotary_dim / 2, turns);  // a CTA-wide barrier
   __syncthreads();  // the last CTA-wide barrier: the roles below never meet again
