@@ -279,7 +279,7 @@ __device__ __forceinline__ void bulk_wait_read() { asm volatile("cp.async.bulk.w
 /// Waits until this thread's bulk stores are complete.
 __device__ __forceinline__ void bulk_wait_all() { asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory"); }
 
-/// stmatrix .x4 of four accumulator pairs (acc[pair[m]], acc[pair[m] + 1] packed to T form row
+/// stmatrix .x4 of four accumulator pairs (acc[pair[m]], acc[pair[m] + 1], packed to T, form row
 /// lane % 8 of matrix m) at this lane's row address.
 template <class T>
 __device__ __forceinline__ void stmatrix_pairs(std::uint32_t address, const float (&acc)[64], const int (&pair)[4]) {
